@@ -1,0 +1,164 @@
+"""Build contexts: exactly the files an image needs, never a secret, packed the same way every time.
+
+Sending the whole repository as the context is what makes `docker build` slow and leaky: every byte is
+uploaded to the engine and any `COPY . .` bakes whatever lies around (.env files, cloud credentials,
+a copy of ~/.docker/config.json). A context here holds only the paths an image declares, filtered by
+the repository's .dockerignore and by a fixed list of secret names and contents that no option can
+turn off. The tar is deterministic (sorted, fixed mtime and owner), so its digest is a hash of the
+build inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import ssl
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from docker.utils.build import PatternMatcher
+
+from smkit.errors import ConfigError
+
+# Names that are never sent to the engine, wherever they appear in a context.
+SECRET_PATTERNS = [
+    "**/.aws",
+    "**/.env",
+    "**/.env.*",
+    "**/*.pem",
+    "**/*.key",
+    "**/*.p12",
+    "**/*.pfx",
+    "**/.docker",
+    "**/.ssh",
+    "**/id_rsa*",
+    "**/id_ed25519*",
+    "**/.netrc",
+    "**/.pypirc",
+    "**/.git",
+    "**/.git-credentials",
+]
+# Contents that give a secret away whatever the file is called (a renamed docker config, a key, AWS keys).
+SECRET_CONTENT = re.compile(
+    rb"-----BEGIN [A-Z ]*PRIVATE KEY-----"
+    rb"|aws_secret_access_key"
+    rb'|"auths"\s*:\s*\{'
+    rb"|AKIA[0-9A-Z]{16}"
+)
+# Files larger than this are not scanned for secret contents (data files, wheels).
+SCAN_LIMIT = 4 * 1024 * 1024
+FIXED_MTIME = 1_700_000_000  # any constant: the tar, and so the context digest, must not depend on checkout time
+
+
+def _ignore_patterns(root: Path) -> list[str]:
+    ignore_file = root / ".dockerignore"
+    if not ignore_file.exists():
+        return []
+    lines = (line.strip() for line in ignore_file.read_text().splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+@dataclass
+class BuildContext:
+    """The files of one build, keyed by their path inside the context."""
+
+    root: Path
+    files: dict[str, bytes | Path] = field(default_factory=dict)
+    left_out: list[tuple[str, str]] = field(default_factory=list)  # (path, why) for the user to see
+
+    def __post_init__(self):
+        self.root = Path(self.root).resolve()
+        self._dockerignore = PatternMatcher(_ignore_patterns(self.root))
+        self._secrets = PatternMatcher(list(SECRET_PATTERNS))
+
+    def add(self, relpath: str) -> None:
+        """Add a file or a whole directory of the root, under the same path."""
+        source = self.root / relpath
+        if not source.exists():
+            raise ConfigError(
+                f"The build input {relpath} does not exist under {self.root}.",
+                "fix the path in images.toml (paths are relative to the repository root)",
+            )
+        paths = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
+        for path in paths:
+            arcname = path.relative_to(self.root).as_posix()
+            if self._secrets.matches(arcname):
+                self.left_out.append((arcname, "its name marks it as a secret"))
+            elif self._dockerignore.matches(arcname):
+                self.left_out.append((arcname, ".dockerignore"))
+            elif "__pycache__" in arcname.split("/") or arcname.endswith(".pyc"):
+                continue
+            elif path.stat().st_size <= SCAN_LIMIT and SECRET_CONTENT.search(path.read_bytes()):
+                self.left_out.append((arcname, "its contents look like a credential or a private key"))
+            else:
+                self.files[arcname] = path
+
+    def add_bytes(self, arcname: str, data: bytes) -> None:
+        self.files[arcname] = data
+
+    def add_file_as(self, path: Path, arcname: str) -> None:
+        self.files[arcname] = Path(path)
+
+    def _content(self, arcname: str) -> bytes:
+        item = self.files[arcname]
+        return item if isinstance(item, bytes) else item.read_bytes()
+
+    def _mode(self, arcname: str) -> int:
+        item = self.files[arcname]
+        executable = isinstance(item, Path) and os.access(item, os.X_OK)
+        return 0o755 if executable else 0o644
+
+    def file_digests(self) -> dict[str, str]:
+        return {name: hashlib.sha256(self._content(name)).hexdigest() for name in sorted(self.files)}
+
+    def digest(self, *extra: str) -> str:
+        """sha256 of every file's path, mode and content, plus any extra inputs (build args, base image id)."""
+        h = hashlib.sha256()
+        for name, file_hash in self.file_digests().items():
+            h.update(f"{name}\0{self._mode(name):o}\0{file_hash}\n".encode())
+        for item in extra:
+            h.update(f"extra\0{item}\n".encode())
+        return h.hexdigest()
+
+    def tar(self) -> io.BytesIO:
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+            for name in sorted(self.files):
+                data = self._content(name)
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                info.mode = self._mode(name)
+                info.mtime = FIXED_MTIME
+                archive.addfile(info, io.BytesIO(data))
+        buffer.seek(0)
+        return buffer
+
+    @property
+    def size(self) -> int:
+        return sum(len(self._content(name)) for name in self.files)
+
+
+def build_ca_bundle() -> bytes:
+    """The CA bundle this host trusts, for pip inside builds.
+
+    Builders often sit behind a TLS-intercepting proxy whose CA only the host trusts; the images'
+    own bundles do not know it. Handing pip the host's bundle at build time works there and
+    everywhere else (it holds the public roots too).
+    """
+    candidates = [
+        os.environ.get("PIP_CERT"),
+        os.environ.get("REQUESTS_CA_BUNDLE"),
+        os.environ.get("SSL_CERT_FILE"),
+        ssl.get_default_verify_paths().cafile,
+        "/etc/ssl/certs/ca-certificates.crt",
+        "/etc/pki/tls/certs/ca-bundle.crt",
+    ]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file():
+            return Path(candidate).read_bytes()
+    import certifi  # requests' dependency; the last resort on hosts without a system bundle
+
+    return Path(certifi.where()).read_bytes()

@@ -1,0 +1,71 @@
+"""Shared fixtures: the real Docker engine, the stand-in base images, a registry and a moto server.
+
+Nothing here mocks Docker, the registry or the SageMaker SDK. AWS clients are pointed at moto or at
+nothing: the session gets placeholder credentials and no instance-metadata lookups, so no test can
+reach a real AWS endpoint by accident.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.servers import MotoServer, Registry
+
+# Placeholder credentials and region for everything the tests start; real ones are never used.
+os.environ.update(
+    AWS_ACCESS_KEY_ID="testing",
+    AWS_SECRET_ACCESS_KEY="testing",
+    AWS_DEFAULT_REGION="us-east-1",
+    AWS_REGION="us-east-1",
+    AWS_EC2_METADATA_DISABLED="true",
+    SAGEMAKER_SUPPRESS_V2_WARNING="1",
+)
+for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+    os.environ.pop(name, None)
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    from smkit import engine
+
+    return engine.client()
+
+
+@pytest.fixture(scope="session")
+def standin_xgboost(docker_client) -> str:
+    """The offline stand-in for the prebuilt XGBoost image (built by `make bases`; a no-op when current)."""
+    from smkit import standin
+
+    return standin.ensure_standin("xgboost")
+
+
+@pytest.fixture(scope="session")
+def standin_pytorch(docker_client) -> str:
+    from smkit import standin
+
+    return standin.ensure_standin("pytorch")
+
+
+@pytest.fixture(scope="session")
+def registry():
+    """A real registry server on loopback with htpasswd authentication."""
+    server = Registry().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    server = MotoServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def moto(moto_server, monkeypatch):
+    """moto, fresh for this test, with every boto3 client of the test pointed at it."""
+    moto_server.reset()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server.url)
+    return moto_server

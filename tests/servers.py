@@ -1,0 +1,157 @@
+"""Real servers on loopback for the tests and benchmarks: a registry (CNCF distribution, Debian's
+docker-registry) with htpasswd authentication, and moto's AWS API server. Both are started on a free
+127.0.0.1 port and stopped (with their data) afterwards."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import bcrypt
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_http(url: str, timeout: float = 30, ok=(200, 401)) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status in ok:
+                    return
+        except urllib.error.HTTPError as exc:
+            if exc.code in ok:
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not answer within {timeout:.0f}s")
+        time.sleep(0.2)
+
+
+@dataclass
+class Registry:
+    """A registry server: `docker push 127.0.0.1:<port>/name:tag` with user/password (None: no auth)."""
+
+    users: dict[str, str] = field(default_factory=lambda: {"smkit": "smkit-test-password"})
+    port: int = 0
+    root: Path | None = None
+    process: subprocess.Popen | None = None
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def auth(self) -> dict[str, str] | None:
+        if not self.users:
+            return None
+        user, password = next(iter(self.users.items()))
+        return {"username": user, "password": password}
+
+    def start(self) -> "Registry":
+        binary = shutil.which("docker-registry")
+        if binary is None:
+            raise RuntimeError("docker-registry is not installed (make engine installs it)")
+        self.root = Path(tempfile.mkdtemp(prefix="smkit-registry-"))
+        self.port = self.port or free_port()
+        config = {
+            "version": 0.1,
+            "log": {"level": "warn", "accesslog": {"disabled": True}},
+            "storage": {"filesystem": {"rootdirectory": str(self.root / "data")}, "delete": {"enabled": True}},
+            "http": {"addr": self.host, "secret": "smkit-test"},
+        }
+        if self.users:
+            lines = []
+            for user, password in self.users.items():
+                hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=5)).decode()
+                lines.append(f"{user}:{hashed.replace('$2b$', '$2y$', 1)}")
+            (self.root / "htpasswd").write_text("\n".join(lines) + "\n")
+            config["auth"] = {"htpasswd": {"realm": "smkit-test", "path": str(self.root / "htpasswd")}}
+        # JSON is valid YAML, which is what the registry reads.
+        (self.root / "config.yml").write_text(json.dumps(config))
+        self.log = open(self.root / "registry.log", "wb")
+        self.process = subprocess.Popen(
+            [binary, "serve", str(self.root / "config.yml")], stdout=self.log, stderr=subprocess.STDOUT
+        )
+        wait_for_http(f"http://{self.host}/v2/")
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+            self.process = None
+        if self.root is not None:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def request(self, path: str, method: str = "GET", headers: dict | None = None):
+        """An authenticated request to the registry API; returns (status, headers, body)."""
+        request = urllib.request.Request(f"http://{self.host}{path}", method=method, headers=headers or {})
+        if self.auth:
+            token = base64.b64encode(f"{self.auth['username']}:{self.auth['password']}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, dict(response.headers), response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, dict(exc.headers), exc.read()
+
+    def manifest_digest(self, repository: str, tag: str) -> str | None:
+        accept = ", ".join([
+            "application/vnd.docker.distribution.manifest.v2+json",
+            "application/vnd.oci.image.manifest.v1+json",
+        ])
+        status, headers, _ = self.request(f"/v2/{repository}/manifests/{tag}", "HEAD", {"Accept": accept})
+        if status != 200:
+            return None
+        return {k.lower(): v for k, v in headers.items()}.get("docker-content-digest")
+
+    def blob_count(self) -> int:
+        blobs = self.root / "data/docker/registry/v2/blobs" if self.root else None
+        return sum(1 for _ in blobs.rglob("data")) if blobs and blobs.exists() else 0
+
+
+@dataclass
+class MotoServer:
+    """moto's real HTTP server implementing ECR, S3, STS and the SageMaker control plane."""
+
+    port: int = 0
+    server: object = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "MotoServer":
+        from moto.server import ThreadedMotoServer
+
+        self.port = self.port or free_port()
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.server.start()
+        wait_for_http(f"{self.url}/moto-api/", ok=(200,))
+        return self
+
+    def reset(self) -> None:
+        urllib.request.urlopen(urllib.request.Request(f"{self.url}/moto-api/reset", method="POST"), timeout=10)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None

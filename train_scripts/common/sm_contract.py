@@ -1,0 +1,590 @@
+"""The SageMaker training-container contract, for training scripts.
+
+One small module, baked into /opt/ml/code next to each entry point, so that every script reads its
+inputs, hyperparameters, hosts and checkpoint directory the same way, and fails the same way:
+
+- paths: CLI option > SM_* environment (set by sagemaker-training / sagemaker-containers) > /opt/ml;
+- hyperparameters: declared defaults < SM_HPS (JSON) < CLI `--key value`, each value coerced from
+  whatever the SDK sent (`str()` of a Python value, JSON, "True"/"false", "[64, 32]");
+- failures: one sentence in /opt/ml/output/failure (SageMaker shows its first 1024 characters as the
+  job's FailureReason), exit code 1, no traceback as the reason, no half-written model;
+- checkpoints and models: written to a temporary name, fsynced, then renamed, so a kill (spot
+  interruption) never leaves a file that looks complete but is not.
+
+It runs the same outside any container: `python train.py --train DIR --model-dir DIR ...`.
+Python 3.10 compatible (the prebuilt XGBoost image runs 3.10) and standard library only.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+OPT_ML = Path("/opt/ml")
+FAILURE_LIMIT = 1024  # SageMaker keeps this many characters of output/failure as FailureReason
+IGNORED_FILE_NAMES = {"_SUCCESS", ".DS_Store", "manifest", "_manifest"}
+
+
+class UserError(Exception):
+    """Bad input the user can fix; the message is the one sentence that goes to output/failure."""
+
+
+# -----------------------------------------------------------------------------------------------
+# Hyperparameters
+
+
+@dataclass(frozen=True)
+class Hyperparameter:
+    """One declared hyperparameter. `kind` is bool, int, float, str or "ints"/"floats"/"strs" (lists)."""
+
+    kind: Any
+    default: Any
+    help: str = ""
+    choices: Sequence[Any] | None = None
+    min: float | None = None
+    max: float | None = None
+
+
+def _strip_json_string(raw: str) -> str:
+    # Framework estimators json-encode every value, so a string may arrive as "\"reg:logistic\"".
+    if len(raw) >= 2 and raw[0] == raw[-1] == '"':
+        try:
+            decoded = json.loads(raw)
+            if isinstance(decoded, str):
+                return decoded
+        except ValueError:
+            pass
+    return raw
+
+
+def parse_bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, (int, float)) and raw in (0, 1):
+        return bool(raw)
+    text = _strip_json_string(str(raw)).strip().lower()
+    if text in ("true", "1", "yes", "y", "on"):
+        return True
+    if text in ("false", "0", "no", "n", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def parse_number(raw: Any, kind: type) -> int | float:
+    if isinstance(raw, bool):
+        raise ValueError(f"expected {'an integer' if kind is int else 'a number'}, got a boolean")
+    if isinstance(raw, (int, float)):
+        value = raw
+    else:
+        text = _strip_json_string(str(raw)).strip()
+        try:
+            value = int(text) if kind is int and re.fullmatch(r"[+-]?\d+", text) else float(text)
+        except ValueError:
+            raise ValueError(f"expected {'an integer' if kind is int else 'a number'}") from None
+    if kind is int:
+        if float(value) != int(value):
+            raise ValueError("expected an integer")
+        return int(value)
+    return float(value)
+
+
+def parse_list(raw: Any, item_kind: type) -> list:
+    if isinstance(raw, (list, tuple)):
+        items = list(raw)
+    else:
+        text = _strip_json_string(str(raw)).strip()
+        if text.startswith("[") or text.startswith("("):
+            try:
+                items = list(json.loads(text.replace("(", "[").replace(")", "]")))
+            except ValueError:
+                items = list(ast.literal_eval(text))
+        else:
+            items = [part for part in re.split(r"[,\s]+", text) if part]
+    if item_kind is str:
+        return [str(item) for item in items]
+    return [parse_number(item, item_kind) for item in items]
+
+
+def coerce(name: str, raw: Any, spec: Hyperparameter) -> Any:
+    """The value of hyperparameter `name`, from whatever form the SDK or the user sent."""
+    kind = spec.kind
+    try:
+        if kind is bool:
+            value = parse_bool(raw)
+        elif kind in (int, float):
+            value = parse_number(raw, kind)
+        elif kind == "ints":
+            value = parse_list(raw, int)
+        elif kind == "floats":
+            value = parse_list(raw, float)
+        elif kind == "strs":
+            value = parse_list(raw, str)
+        else:
+            value = None if raw is None else _strip_json_string(str(raw))
+    except (ValueError, SyntaxError, TypeError) as exc:
+        raise UserError(f"Hyperparameter {name}={raw!r} is invalid ({exc}); {describe(spec)}.") from None
+    if spec.choices is not None and value not in spec.choices:
+        raise UserError(f"Hyperparameter {name}={raw!r} is invalid; {describe(spec)}.")
+    for item in value if isinstance(value, list) else [value]:
+        if isinstance(item, (int, float)) and not isinstance(item, bool):
+            if (spec.min is not None and item < spec.min) or (spec.max is not None and item > spec.max):
+                raise UserError(f"Hyperparameter {name}={raw!r} is out of range; {describe(spec)}.")
+    return value
+
+
+def describe(spec: Hyperparameter) -> str:
+    kinds = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+             "ints": "a list of integers such as [64, 32]", "floats": "a list of numbers",
+             "strs": "a list of names such as [auc, logloss]"}
+    text = f"use {kinds.get(spec.kind, 'a value')}"
+    if spec.choices is not None:
+        text = "use one of " + ", ".join(str(c) for c in spec.choices)
+    if spec.min is not None and spec.max is not None:
+        text += f" between {spec.min:g} and {spec.max:g}"
+    elif spec.min is not None:
+        text += f" of at least {spec.min:g}"
+    elif spec.max is not None:
+        text += f" of at most {spec.max:g}"
+    return text
+
+
+def split_cli(argv: Sequence[str]) -> dict[str, Any]:
+    """`--key value`, `--key=value` and `-k value` pairs; a flag without a value means true."""
+    pairs: dict[str, Any] = {}
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if not token.startswith("-") or token in ("-", "--"):
+            raise UserError(f"Command-line argument {token!r} is not an option; pass options as --name value.")
+        key = token.lstrip("-")
+        if "=" in key:
+            key, value = key.split("=", 1)
+            i += 1
+        elif i + 1 < len(argv) and not re.fullmatch(r"--?[A-Za-z_][\w.-]*(=.*)?", argv[i + 1]):
+            value = argv[i + 1]
+            i += 2
+        else:
+            value, i = "true", i + 1
+        pairs[key.replace("-", "_")] = value
+    return pairs
+
+
+# -----------------------------------------------------------------------------------------------
+# The training environment
+
+
+PATH_OPTIONS = {
+    # option: (environment variable, /opt/ml default, help)
+    "model_dir": ("SM_MODEL_DIR", "model", "where the model is written (tarred to model.tar.gz)"),
+    "output_data_dir": ("SM_OUTPUT_DATA_DIR", "output/data", "evaluation results (tarred to output.tar.gz)"),
+    "output_dir": ("SM_OUTPUT_DIR", "output", "where the `failure` file is written"),
+    "checkpoint_dir": (None, None, "checkpoints to save and resume from (default: /opt/ml/checkpoints if it exists)"),
+    "hosts": ("SM_HOSTS", None, "all hosts of the job, as JSON or comma-separated (default: this one)"),
+    "current_host": ("SM_CURRENT_HOST", None, "this host's name"),
+    "num_gpus": ("SM_NUM_GPUS", None, "GPUs to use (default: all visible)"),
+    "num_cpus": ("SM_NUM_CPUS", None, "CPU threads (default: all)"),
+}
+
+
+@dataclass
+class TrainingEnv:
+    channels: dict[str, Path]
+    content_types: dict[str, str]
+    distribution: dict[str, str]  # channel -> FullyReplicated | ShardedByS3Key
+    model_dir: Path
+    output_data_dir: Path
+    output_dir: Path | None
+    checkpoint_dir: Path | None
+    hosts: list[str]
+    current_host: str
+    num_cpus: int
+    num_gpus: int
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    in_container: bool = False
+
+    @property
+    def host_rank(self) -> int:
+        return self.hosts.index(self.current_host)
+
+    @property
+    def is_master(self) -> bool:
+        return self.host_rank == 0
+
+    @property
+    def master_host(self) -> str:
+        return self.hosts[0]
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _parse_hosts(raw: str) -> list[str]:
+    raw = raw.strip()
+    hosts = json.loads(raw) if raw.startswith("[") else [h for h in re.split(r"[,\s]+", raw) if h]
+    return sorted(str(h) for h in hosts)
+
+
+def _usage(script: str, declared: dict[str, Hyperparameter], channels: Sequence[str]) -> str:
+    lines = [f"usage: python {script} [--CHANNEL DIR ...] [--model-dir DIR] [--HYPERPARAMETER VALUE ...]", ""]
+    lines.append("Runs the same inside a SageMaker training container (paths from SM_* variables) and outside.")
+    lines.append("\ndata channels (default: SM_CHANNEL_<NAME>, /opt/ml/input/data/<name>):")
+    lines += [f"  --{name} DIR" for name in channels]
+    lines.append("\npaths and hosts:")
+    for option, (env, _default, text) in PATH_OPTIONS.items():
+        lines.append(f"  --{option.replace('_', '-'):18} {text}" + (f" [{env}]" if env else ""))
+    lines.append("\nhyperparameters (also from SM_HPS; lists as [a, b] or a,b):")
+    for name, spec in declared.items():
+        lines.append(f"  --{name:24} {spec.help} (default {spec.default!r}; {describe(spec)})")
+    return "\n".join(lines)
+
+
+def load_environment(
+    declared: dict[str, Hyperparameter],
+    channels: Sequence[str],
+    argv: Sequence[str] | None = None,
+    extra_hyperparameters: Callable[[str, Any], Any] | None = None,
+    env: dict[str, str] | None = None,
+) -> TrainingEnv:
+    """Everything the script needs to know about its job, validated before any data is read.
+
+    `extra_hyperparameters(name, raw)` accepts names that are not declared (XGBoost passes every
+    booster parameter through); it returns the coerced value or raises UserError.
+    """
+    env = dict(os.environ if env is None else env)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print(_usage(Path(sys.argv[0]).name, declared, channels))
+        raise SystemExit(0)
+    cli = split_cli(argv)
+    in_container = "SM_TRAINING_ENV" in env or "SM_MODEL_DIR" in env or "SM_HPS" in env
+
+    def path_option(option: str) -> Path | None:
+        env_name, default, _ = PATH_OPTIONS[option]
+        if option in cli:
+            return Path(cli.pop(option))
+        if env_name and env.get(env_name):
+            return Path(env[env_name])
+        if default and (OPT_ML / default).exists():
+            return OPT_ML / default
+        return None
+
+    config_dir = Path(env.get("SM_INPUT_CONFIG_DIR") or OPT_ML / "input/config")
+    # Channels: --train DIR, SM_CHANNEL_TRAIN, or /opt/ml/input/data/train.
+    input_config = _read_json(config_dir / "inputdataconfig.json")
+    channel_dirs: dict[str, Path] = {}
+    for name in set(channels) | set(input_config):
+        key = name.replace("-", "_")
+        if key in cli:
+            channel_dirs[name] = Path(cli.pop(key))
+        elif env.get(f"SM_CHANNEL_{name.upper()}"):
+            channel_dirs[name] = Path(env[f"SM_CHANNEL_{name.upper()}"])
+        elif (OPT_ML / "input/data" / name).exists():
+            channel_dirs[name] = OPT_ML / "input/data" / name
+    content_types = {n: c.get("ContentType", "") for n, c in input_config.items() if isinstance(c, dict)}
+    distribution = {n: c.get("S3DistributionType", "FullyReplicated") for n, c in input_config.items() if isinstance(c, dict)}
+
+    model_dir = path_option("model_dir")
+    if model_dir is None:
+        raise UserError("No model directory is set; pass --model-dir DIR (SageMaker sets SM_MODEL_DIR).")
+    output_data_dir = path_option("output_data_dir") or model_dir.parent / "output-data"
+    output_dir = path_option("output_dir")
+
+    checkpoint_dir = Path(cli.pop("checkpoint_dir")) if "checkpoint_dir" in cli else None
+    if checkpoint_dir is None:
+        configured = _read_json(config_dir / "checkpointconfig.json").get("LocalPath")
+        if configured:
+            checkpoint_dir = Path(configured)
+        elif (OPT_ML / "checkpoints").is_dir():
+            checkpoint_dir = OPT_ML / "checkpoints"
+
+    resource = _read_json(config_dir / "resourceconfig.json")
+    hosts_raw = cli.pop("hosts", None) or env.get("SM_HOSTS")
+    hosts = _parse_hosts(hosts_raw) if hosts_raw else sorted(resource.get("hosts") or [])
+    current = cli.pop("current_host", None) or env.get("SM_CURRENT_HOST") or resource.get("current_host")
+    if not hosts:
+        hosts = [current or "localhost"]
+    current = current or hosts[0]
+    if current not in hosts:
+        raise UserError(f"Current host {current!r} is not among the hosts {hosts}; pass --current-host one of them.")
+    num_cpus = int(parse_number(cli.pop("num_cpus", None) or env.get("SM_NUM_CPUS") or os.cpu_count() or 1, int))
+    gpus_raw = cli.pop("num_gpus", None) or env.get("SM_NUM_GPUS")
+    num_gpus = int(parse_number(gpus_raw, int)) if gpus_raw is not None else -1  # -1: detect
+
+    # Hyperparameters: defaults < SM_HPS < CLI; SageMaker's own `sagemaker_*` keys are not ours.
+    raw: dict[str, Any] = {}
+    try:
+        raw.update(json.loads(env.get("SM_HPS") or "{}"))
+    except ValueError:
+        raise UserError("SM_HPS is not valid JSON; pass hyperparameters as a JSON object.") from None
+    raw.update(cli)
+    values = {name: spec.default for name, spec in declared.items()}
+    for name, value in raw.items():
+        if name.startswith("sagemaker_"):
+            continue
+        if name in declared:
+            values[name] = coerce(name, value, declared[name])
+        elif extra_hyperparameters is not None:
+            values[name] = extra_hyperparameters(name, value)
+        else:
+            raise UserError(unknown_hyperparameter(name, list(declared) + list(channels)))
+    return TrainingEnv(
+        channels=channel_dirs,
+        content_types=content_types,
+        distribution=distribution,
+        model_dir=model_dir,
+        output_data_dir=output_data_dir,
+        output_dir=output_dir,
+        checkpoint_dir=checkpoint_dir,
+        hosts=hosts,
+        current_host=current,
+        num_cpus=max(1, num_cpus),
+        num_gpus=num_gpus,
+        hyperparameters=values,
+        in_container=in_container,
+    )
+
+
+def unknown_hyperparameter(name: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"did you mean {close[0]}?" if close else "remove it or check the spelling"
+    return f"Hyperparameter {name!r} is not known to this script; {hint}"
+
+
+# -----------------------------------------------------------------------------------------------
+# Channel files and multi-host sharding
+
+
+def channel_files(env: TrainingEnv, channel: str, required: bool) -> list[Path]:
+    """Every data file of a channel directory and its subdirectories, sorted by path."""
+    directory = env.channels.get(channel)
+    if directory is None or not directory.exists():
+        if required:
+            where = f" ({directory})" if directory else ""
+            raise UserError(
+                f"Required channel '{channel}' is missing{where}; give the job a '{channel}' input channel "
+                f"(fit({{'{channel}': ...}})) or pass --{channel} DIR."
+            )
+        return []
+    if directory.is_file():
+        return [directory]
+    files = sorted(
+        p for p in directory.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(directory).parts)
+        and p.name not in IGNORED_FILE_NAMES
+    )
+    if not files and required:
+        raise UserError(
+            f"Channel '{channel}' has no data files in {directory}; put at least one data file under the "
+            f"channel's S3 prefix or local directory."
+        )
+    return files
+
+
+@dataclass(frozen=True)
+class Shard:
+    """What one worker reads: its files, and if the files are fewer than workers, a part of the rows."""
+
+    files: list[Path]
+    part: int = 0  # this worker's row part, of `parts`, over the rows of `files` in order
+    parts: int = 1
+
+
+def shard(files: list[Path], rank: int, world: int, already_sharded: bool = False) -> Shard:
+    """The rule every script uses to split a FullyReplicated channel among `world` workers.
+
+    With at least as many files as workers each worker reads whole files (round robin by sorted path),
+    so the workers together read the data exactly once. With fewer files, each worker reads them all
+    and keeps one contiguous part of the rows. A ShardedByS3Key channel is already split by SageMaker.
+    """
+    if world <= 1 or already_sharded:
+        return Shard(list(files))
+    if len(files) >= world:
+        return Shard(files[rank::world])
+    return Shard(list(files), part=rank, parts=world)
+
+
+def row_range(total: int, part: int, parts: int) -> tuple[int, int]:
+    """[start, stop) of rows for `part` of `parts`, as even as possible."""
+    base, extra = divmod(total, parts)
+    start = part * base + min(part, extra)
+    return start, start + base + (1 if part < extra else 0)
+
+
+# -----------------------------------------------------------------------------------------------
+# Metrics in the log
+
+# One line per step, `[<kind> <step>] name=value name=value`, names as `<channel>:<metric>`
+# (e.g. `[round 12] train:rmse=0.3512 validation:rmse=0.4012`). A SageMaker metric definition for a
+# name is METRIC_REGEX.format(name=re.escape(name)); local_mode parses the same lines.
+METRIC_REGEX = r"{name}=([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
+
+
+def log_metrics(kind: str, step: int | str, metrics: dict[str, float]) -> None:
+    fields = " ".join(f"{name}={value:.6g}" for name, value in metrics.items())
+    print(f"[{kind} {step}] {fields}", flush=True)
+
+
+# -----------------------------------------------------------------------------------------------
+# Failure reporting
+
+
+def failure_path(output_dir: Path | None) -> Path | None:
+    if output_dir is not None:
+        return output_dir / "failure"
+    if os.environ.get("SM_OUTPUT_DIR"):
+        return Path(os.environ["SM_OUTPUT_DIR"]) / "failure"
+    if (OPT_ML / "output").is_dir():
+        return OPT_ML / "output" / "failure"
+    return None
+
+
+def write_failure(message: str, output_dir: Path | None = None) -> None:
+    """One line in output/failure, unless something wrote there first (the first cause wins)."""
+    message = " ".join(str(message).split())[:FAILURE_LIMIT]
+    print(f"ERROR: {message}", file=sys.stderr, flush=True)
+    path = failure_path(output_dir)
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists() or not path.read_text().strip():
+            path.write_text(message + "\n")
+    except OSError:
+        pass
+
+
+def run(main: Callable[[], Any], output_dir: Callable[[], Path | None] = lambda: None) -> None:
+    """Run `main`; turn a UserError into the failure file and exit 1, and any other exception too,
+    with its type and message as the reason (the traceback goes to the log, not to the reason)."""
+    try:
+        main()
+    except UserError as exc:
+        write_failure(str(exc), output_dir())
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        write_failure("Training was interrupted (SIGINT) before it finished; no model was written.", output_dir())
+        raise SystemExit(130) from None
+    except MemoryError:
+        write_failure(
+            "Training ran out of memory; use an instance type with more memory, fewer rows per host, "
+            "or the external-memory option where the script offers one.",
+            output_dir(),
+        )
+        raise SystemExit(1) from None
+    except Exception as exc:  # noqa: BLE001 - every failure must reach output/failure
+        traceback.print_exc()
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        write_failure(
+            f"Unexpected {type(exc).__name__} at {Path(where.filename).name}:{where.lineno}: {exc}; "
+            "see the job log for the traceback.",
+            output_dir(),
+        )
+        raise SystemExit(1) from None
+
+
+# -----------------------------------------------------------------------------------------------
+# Atomic files: models and checkpoints
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def atomic_write(path: Path, write: Callable[[Path], Any]) -> Path:
+    """Call write(tmp) for a temporary file beside `path`, fsync it, then rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        fsync_file(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+@contextmanager
+def staged_outputs(*directories: Path) -> Iterator[list[Path]]:
+    """Stage files for each directory and move them in only when the block succeeds.
+
+    Yields one staging directory per target; on success every staged file is renamed into its target
+    (same filesystem, so each rename is atomic). On failure nothing reaches the targets, so a failed
+    job never leaves a model that looks usable.
+    """
+    stages = []
+    for directory in directories:
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob(".staging-*"):  # left by a killed run
+            shutil.rmtree(stale, ignore_errors=True)
+        stages.append(Path(tempfile.mkdtemp(prefix=".staging-", dir=directory)))
+    try:
+        yield stages
+        for stage, directory in zip(stages, directories):
+            for item in sorted(stage.rglob("*")):
+                if item.is_file():
+                    fsync_file(item)
+            for item in stage.iterdir():
+                os.replace(item, directory / item.name)
+    finally:
+        for stage in stages:
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+class Checkpoints:
+    """Numbered checkpoint files in a directory: save atomically, resume from the newest complete one.
+
+    SageMaker syncs the checkpoint directory to S3 (CheckpointConfig) and restores it when a spot job
+    restarts. Files are named `<prefix>-<step:08d><suffix>`; anything else (a temporary file of a save
+    that was killed) is never loaded.
+    """
+
+    def __init__(self, directory: Path | None, prefix: str = "checkpoint", suffix: str = "", keep: int = 2):
+        self.directory = directory
+        self.prefix, self.suffix, self.keep = prefix, suffix, keep
+        self._pattern = re.compile(rf"^{re.escape(prefix)}-(\d{{8}}){re.escape(suffix)}$")
+
+    @property
+    def enabled(self) -> bool:
+        return self.directory is not None
+
+    def path(self, step: int) -> Path:
+        assert self.directory is not None
+        return self.directory / f"{self.prefix}-{step:08d}{self.suffix}"
+
+    def saved(self) -> list[tuple[int, Path]]:
+        if self.directory is None or not self.directory.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.directory.iterdir() if (m := self._pattern.match(p.name))]
+        return sorted(found)
+
+    def latest(self) -> tuple[int, Path] | None:
+        saved = self.saved()
+        return saved[-1] if saved else None
+
+    def save(self, step: int, write: Callable[[Path], Any]) -> Path | None:
+        if self.directory is None:
+            return None
+        path = atomic_write(self.path(step), write)
+        for _, old in self.saved()[: -self.keep]:
+            old.unlink(missing_ok=True)
+        return path
