@@ -47,7 +47,7 @@ def explain(exc: Exception, action: str, region: str) -> ToolkitError:
         )
     if isinstance(exc, botocore.exceptions.EndpointConnectionError):
         return ToolkitError(
-            f"Could not reach the ECR API in {region} to {action} ({exc}).",
+            f"Could not reach the AWS API in {region} to {action} ({exc}).",
             "check the network/proxy settings and the region (--region)",
         )
     if isinstance(exc, botocore.exceptions.ClientError):

@@ -22,7 +22,7 @@ from smkit import bases, builder, console, ecr, engine, manifest, standin, tags
 from smkit.catalog import ImageSpec
 from smkit.context import BuildContext, build_ca_bundle
 from smkit.errors import BuildFailed, ToolkitError
-from smkit.paths import REPO
+from smkit.paths import PROJECT
 
 LABEL_PREFIX = "io.smkit"
 
@@ -50,7 +50,7 @@ class BuiltImage:
 
 
 def spec_context(spec: ImageSpec) -> BuildContext:
-    ctx = BuildContext(REPO)
+    ctx = BuildContext(PROJECT)
     for path in spec.build_inputs:
         ctx.add(path)
     ctx.add_bytes("build-ca.crt", build_ca_bundle())
@@ -123,7 +123,7 @@ def _pip_freeze(image_id: str) -> str:
 
 def _git_source() -> str:
     # Never record credentials that may sit in a remote URL (https://user:token@host/...).
-    url = subprocess.run(["git", "-C", str(REPO), "remote", "get-url", "origin"], capture_output=True, text=True).stdout.strip()
+    url = subprocess.run(["git", "-C", str(PROJECT), "remote", "get-url", "origin"], capture_output=True, text=True).stdout.strip()
     return re.sub(r"//[^/@]+@", "//", url)
 
 
@@ -212,7 +212,7 @@ def build_image(
     else:
         first = builder.build(ctx, dockerfile=spec.dockerfile, buildargs=buildargs, title=spec.name, verbose=verbose)
         freeze = _pip_freeze(first.image_id)
-        label_ctx = BuildContext(REPO)
+        label_ctx = BuildContext(PROJECT)
         label_ctx.add_bytes("Dockerfile", f"FROM {first.image_id}\n".encode())
         second = builder.build(
             label_ctx, dockerfile="Dockerfile", tag=ref, title=f"{spec.name} labels", verbose=verbose,

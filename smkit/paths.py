@@ -1,7 +1,14 @@
-"""Where things are: the repository this toolkit runs from, and what it writes there."""
+"""Where things are.
 
+REPO is this toolkit's checkout (the stand-in Dockerfiles, local_mode). PROJECT is the directory whose
+images.toml, containers/ and train_scripts/ are built: the same checkout unless SMKIT_PROJECT names
+another one (a team's own repository of training code, or a scratch copy in tests).
+"""
+
+import os
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-BUILD_DIR = REPO / "build"  # build manifest (images.json) and other generated files; git-ignored
-IMAGES_FILE = REPO / "images.toml"
+PROJECT = Path(os.environ.get("SMKIT_PROJECT") or REPO).resolve()
+IMAGES_FILE = PROJECT / "images.toml"
+BUILD_DIR = PROJECT / "build"  # build manifest (images.json); git-ignored

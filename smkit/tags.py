@@ -12,14 +12,14 @@ import subprocess
 from pathlib import Path
 
 from smkit.errors import ConfigError
-from smkit.paths import REPO
+from smkit.paths import PROJECT
 
 TAG_RULE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
 
 def _git(*args: str) -> str | None:
     try:
-        proc = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=20)
+        proc = subprocess.run(["git", "-C", str(PROJECT), *args], capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return proc.stdout.strip() if proc.returncode == 0 else None

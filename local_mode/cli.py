@@ -1,0 +1,247 @@
+"""python -m local_mode: run a built image in SageMaker local mode, or the same job in the cloud."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from local_mode import summary
+from local_mode.job import RUNS_DIR, JobSpec, parse_channels, resolve_image, sample_job
+from smkit import console, manifest
+from smkit.errors import ConfigError, ToolkitError
+
+EXAMPLES = """\
+examples:
+  python -m local_mode run --image xgboost                      # bundled sample data, SDK local mode
+  python -m local_mode run --image xgboost --channel train=data/train --channel validation=data/val \\
+      --hp num_round=200 --hp eta=0.1 --instance-count 2
+  python -m local_mode run --image pytorch --sdk v3              # needs SageMaker SDK v3 in this Python
+  python -m local_mode run --image xgboost --dry-run             # print the SDK call, run nothing
+  python -m local_mode run --image xgboost --cloud --role arn:aws:iam::123456789012:role/SageMaker \\
+      --instance-type ml.m5.xlarge --channel train=s3://bucket/train --output-path s3://bucket/out
+  python -m local_mode demo                                     # every built image on its sample data
+"""
+
+
+def parse_value(text: str):
+    """`50` -> 50, `[64, 32]` -> [64, 32], `true` -> True, anything else stays a string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_pairs(pairs: list[str], option: str) -> dict:
+    values = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{option} {pair!r} is not KEY=VALUE.", f"write e.g. {option} num_round=100")
+        values[key] = value
+    return values
+
+
+def build_spec(args) -> JobSpec:
+    image_arg = args.image
+    if image_arg is None:
+        built = list(manifest.load()["images"])
+        if len(built) != 1:
+            raise ConfigError(
+                "Which image? " + (f"build/images.json has {', '.join(built)}." if built else "Nothing is built yet."),
+                "pass --image NAME (e.g. --image xgboost) or build first with `make build BASE=local`",
+            )
+        image_arg = built[0]
+    if args.cloud:
+        from local_mode import cloud
+
+        image, image_name = cloud.pushed_image(image_arg)
+    else:
+        image, image_name = resolve_image(image_arg)
+    hyperparameters: dict = {}
+    if args.channel:
+        channels = parse_channels(args.channel, args.content_type)
+    else:
+        if args.cloud:
+            raise ConfigError("A cloud job needs its channels.", "pass --channel train=s3://bucket/prefix (or a local dir with --upload-prefix)")
+        channels, hyperparameters = sample_job(image_name or image_arg)
+        console.note(f"no --channel given: using the bundled sample data ({', '.join(c.name for c in channels)})")
+    if args.hyperparameters:
+        text = Path(args.hyperparameters[1:]).read_text() if args.hyperparameters.startswith("@") else args.hyperparameters
+        hyperparameters.update(json.loads(text))
+    hyperparameters.update({k: parse_value(v) for k, v in parse_pairs(args.hp, "--hp").items()})
+    spec = JobSpec(
+        image=image,
+        image_name=image_name,
+        channels=channels,
+        hyperparameters=hyperparameters,
+        environment=parse_pairs(args.env, "--env"),
+        instance_type=args.instance_type or ("ml.m5.xlarge" if args.cloud else "local"),
+        instance_count=args.instance_count,
+        job_name=args.job_name or "",
+        sdk=args.sdk,
+        region=args.region,
+        max_run_seconds=args.max_run,
+        checkpoint_local_path=args.checkpoint_local_path,
+    )
+    if args.cloud:
+        spec.role = args.role or ""
+        spec.output_path = args.output_path
+        spec.checkpoint_s3_uri = args.checkpoint_s3_uri
+        spec.spot = args.spot
+        spec.max_wait_seconds = args.max_wait
+    return spec
+
+
+def cmd_run(args) -> int:
+    spec = build_spec(args)
+    if args.cloud:
+        from local_mode import cloud
+
+        if args.dry_run:
+            cloud.print_request(spec, upload_prefix=args.upload_prefix)
+            return 0
+        result = cloud.run_cloud(spec, upload_prefix=args.upload_prefix, wait=not args.no_wait, timeout=args.timeout)
+    else:
+        from local_mode.runner import run_local
+
+        if args.dry_run:
+            print_local_plan(spec)
+            return 0
+        result = run_local(spec, runs_dir=Path(args.runs_dir), timeout=args.timeout, stream=not args.quiet, keep_work=args.keep)
+    summary.show(result)
+    return 0 if result.ok or result.status == "InProgress" else 1
+
+
+def print_local_plan(spec: JobSpec) -> None:
+    """What a local run would do, as the SDK v2 and v3 code that does it."""
+    channels = {c.name: str(Path(c.source).resolve()) for c in spec.channels}
+    console.out.print(f"# local run of {spec.image} (nothing was run). The same job in SDK v2:")
+    console.out.print(
+        "from sagemaker.estimator import Estimator\n"
+        f"estimator = Estimator(image_uri={spec.image!r}, role={spec.role!r},\n"
+        f"    instance_count={spec.instance_count}, instance_type={'local_gpu' if spec.instance_type == 'local_gpu' else 'local'!r},\n"
+        f"    output_path='file://<run dir>/output', hyperparameters={spec.hyperparameters!r})\n"
+        f"estimator.fit({ {k: 'file://' + v for k, v in channels.items()}!r})",
+        markup=False,
+    )
+    console.out.print("# and in SDK v3:", markup=False)
+    console.out.print(
+        "from sagemaker.train import ModelTrainer\nfrom sagemaker.train.model_trainer import Mode\n"
+        "from sagemaker.core.training.configs import Compute, InputData\n"
+        f"trainer = ModelTrainer(training_image={spec.image!r}, training_mode=Mode.LOCAL_CONTAINER,\n"
+        f"    compute=Compute(instance_type={'local_gpu' if spec.instance_type == 'local_gpu' else 'local_cpu'!r}, instance_count={spec.instance_count}),\n"
+        f"    local_container_root='<run dir>/work', hyperparameters={spec.hyperparameters!r})\n"
+        f"trainer.train(input_data_config=[{', '.join(f'InputData(channel_name={k!r}, data_source={v!r})' for k, v in channels.items())}])",
+        markup=False,
+    )
+
+
+def cmd_demo(args) -> int:
+    from local_mode.runner import run_local
+
+    built = manifest.load()["images"]
+    names = args.image or sorted(built)
+    if not names:
+        raise ConfigError("Nothing is built yet.", "run `make demo` (it builds first) or `python build.py build --base local`")
+    failures = 0
+    for name in names:
+        image, image_name = resolve_image(name)
+        channels, hyperparameters = sample_job(image_name or name)
+        spec = JobSpec(image=image, image_name=image_name, channels=channels, hyperparameters=hyperparameters, sdk=args.sdk)
+        result = run_local(spec, runs_dir=Path(args.runs_dir), stream=not args.quiet, timeout=args.timeout)
+        summary.show(result)
+        if result.ok:
+            console.out.print(f"[bold green]{name}: the model is at {result.model_artifact}[/]")
+        else:
+            failures += 1
+    return 1 if failures else 0
+
+
+def cmd_clean(args) -> int:
+    from local_mode.runner import remove_tree, stop_containers
+
+    runs = Path(args.runs_dir)
+    if not runs.exists():
+        return 0
+    for run in sorted(p for p in runs.iterdir() if p.is_dir()):
+        stop_containers(run)
+        try:
+            shutil.rmtree(run)
+        except PermissionError:
+            spec = json.loads((run / "spec.json").read_text()) if (run / "spec.json").exists() else {}
+            remove_tree(run, spec.get("image", "smkit/standin-xgboost:latest"))
+        console.note(f"removed {run}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="python -m local_mode",
+        description="Run a built training image through SageMaker Python SDK local mode (Docker), "
+        "then submit the very same job to SageMaker.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = top.add_subparsers(dest="command", required=True, metavar="{run,demo,clean}")
+
+    run = sub.add_parser("run", help="run one job locally (default) or in the cloud (--cloud)",
+                         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("--image", help="an image name from build/images.json (xgboost, pytorch) or an image reference")
+    run.add_argument("--channel", action="append", metavar="NAME=PATH",
+                     help="an input channel: a local directory (local) or s3:// URI (cloud); repeat for more. "
+                          "Default: the image's bundled sample data")
+    run.add_argument("--content-type", action="append", metavar="NAME=TYPE", help="ContentType of a channel, e.g. train=text/csv")
+    run.add_argument("--hp", action="append", metavar="KEY=VALUE", help="a hyperparameter (JSON values: 50, 0.1, [64,32], true); repeat")
+    run.add_argument("--hyperparameters", metavar="JSON|@FILE", help="hyperparameters as a JSON object or @file.json")
+    run.add_argument("--env", action="append", metavar="KEY=VALUE", help="an environment variable for the container")
+    run.add_argument("--instance-count", type=int, default=1, help="number of hosts (default 1)")
+    run.add_argument("--instance-type", help="local or local_gpu (default local); with --cloud an ml.* type (default ml.m5.xlarge)")
+    run.add_argument("--sdk", choices=["auto", "v2", "v3"], default="auto", help="which SageMaker SDK must run it (default: the installed one)")
+    run.add_argument("--job-name", help="default: <image>-<UTC time>")
+    run.add_argument("--region", help="AWS region (default: AWS_REGION / config / us-east-1 for local runs)")
+    run.add_argument("--max-run", type=int, default=24 * 3600, metavar="SECONDS", help="job time limit (default 1 day)")
+    run.add_argument("--checkpoint-local-path", help="checkpoint directory inside the container (default /opt/ml/checkpoints)")
+    run.add_argument("--timeout", type=float, help="stop waiting (and stop the containers) after this many seconds")
+    run.add_argument("--runs-dir", default=str(RUNS_DIR), help=f"where local runs keep log and artifacts (default {RUNS_DIR})")
+    run.add_argument("--keep", action="store_true", help="keep the SDK's scratch directories of a local run")
+    run.add_argument("--quiet", action="store_true", help="do not stream the container log (it is still saved)")
+    run.add_argument("--dry-run", action="store_true", help="print the SDK call (local) or CreateTrainingJob request (cloud); run nothing")
+    cloud = run.add_argument_group("cloud (--cloud): the same job on SageMaker")
+    cloud.add_argument("--cloud", action="store_true", help="submit to SageMaker instead of running locally")
+    cloud.add_argument("--role", help="execution role ARN (default: SAGEMAKER_ROLE)")
+    cloud.add_argument("--output-path", help="s3:// prefix for model.tar.gz and output.tar.gz")
+    cloud.add_argument("--upload-prefix", help="s3:// prefix to upload local --channel directories to first")
+    cloud.add_argument("--checkpoint-s3-uri", help="s3:// prefix SageMaker syncs /opt/ml/checkpoints with (spot resume)")
+    cloud.add_argument("--spot", action="store_true", help="managed spot training (needs --max-wait)")
+    cloud.add_argument("--max-wait", type=int, metavar="SECONDS", help="spot: longest total wait, at least --max-run")
+    cloud.add_argument("--no-wait", action="store_true", help="submit and return without waiting")
+    run.set_defaults(func=cmd_run)
+
+    demo = sub.add_parser("demo", help="train every built image in local mode on its bundled sample data")
+    demo.add_argument("--image", action="append", help="only these images (repeat)")
+    demo.add_argument("--sdk", choices=["auto", "v2", "v3"], default="auto")
+    demo.add_argument("--runs-dir", default=str(RUNS_DIR))
+    demo.add_argument("--timeout", type=float)
+    demo.add_argument("--quiet", action="store_true")
+    demo.set_defaults(func=cmd_demo)
+
+    clean = sub.add_parser("clean", help="remove local run directories (root-owned files too) and their containers")
+    clean.add_argument("--runs-dir", default=str(RUNS_DIR))
+    clean.set_defaults(func=cmd_clean)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ToolkitError as exc:
+        console.err.print(f"[red]error:[/] {exc.what}\n  [bold]fix:[/] {exc.fix}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

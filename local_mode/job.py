@@ -1,0 +1,126 @@
+"""A training job, described once and run either in SageMaker local mode or in the cloud.
+
+The description is the same for both; only where the data and artifacts live (file:// or s3://) and
+where the containers run (Docker here, instances there) differ. That is the point of testing locally.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from smkit import manifest
+from smkit.errors import ConfigError
+from smkit.paths import REPO
+
+SAMPLE_DATA = Path(__file__).resolve().parent / "sample_data"
+RUNS_DIR = REPO / "local_mode" / "runs"
+# Local mode never calls IAM, but the SDK wants an ARN-shaped role; nothing is ever assumed with it.
+PLACEHOLDER_ROLE = "arn:aws:iam::111111111111:role/smkit-local-mode-placeholder"
+LOCAL_INSTANCE_TYPES = ("local", "local_gpu", "local_cpu")
+
+
+@dataclass
+class Channel:
+    name: str
+    source: str  # a directory / file path (local) or an s3:// URI (cloud)
+    content_type: str | None = None
+    distribution: str = "FullyReplicated"
+
+
+@dataclass
+class JobSpec:
+    image: str  # an image reference (local ref, or the pushed URI for the cloud)
+    channels: list[Channel]
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    environment: dict[str, str] = field(default_factory=dict)
+    instance_type: str = "local"
+    instance_count: int = 1
+    job_name: str = ""
+    image_name: str | None = None  # the images.toml name, when the image came from the build manifest
+    max_run_seconds: int = 24 * 3600
+    output_path: str | None = None  # s3:// for the cloud; local runs use their run directory
+    checkpoint_s3_uri: str | None = None
+    checkpoint_local_path: str | None = None
+    spot: bool = False
+    max_wait_seconds: int | None = None
+    role: str = PLACEHOLDER_ROLE
+    region: str | None = None
+    metric_definitions: list[dict[str, str]] = field(default_factory=list)
+    sdk: str = "auto"  # auto | v2 | v3
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "JobSpec":
+        data = json.loads(text)
+        data["channels"] = [Channel(**c) for c in data["channels"]]
+        return cls(**data)
+
+
+def job_name_for(image_name: str | None) -> str:
+    """SageMaker's rule: 1-63 characters, alphanumerics and hyphens; unique by a millisecond stamp."""
+    stem = re.sub(r"[^A-Za-z0-9-]+", "-", (image_name or "job")).strip("-")[:30] or "job"
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + f"-{int(time.time() * 1000) % 1000:03d}"
+    return f"{stem}-{stamp}"
+
+
+def resolve_image(image: str) -> tuple[str, str | None]:
+    """`xgboost` (a name in build/images.json) -> its local ref; anything else is taken as a reference."""
+    images = manifest.load()["images"]
+    if image in images:
+        return images[image]["local_ref"], image
+    if "/" not in image and ":" not in image:
+        raise ConfigError(
+            f"{image!r} is neither an image in build/images.json nor an image reference.",
+            f"build it first (`make build IMAGE={image} BASE=local`), or pass a full reference like name:tag",
+        )
+    return image, None
+
+
+def parse_channels(pairs: list[str], content_types: list[str] | None = None) -> list[Channel]:
+    """`name=path` pairs (and optional `name=content/type` pairs)."""
+    types = {}
+    for pair in content_types or []:
+        name, _, value = pair.partition("=")
+        if not value:
+            raise ConfigError(f"--content-type {pair!r} is not NAME=TYPE.", "write e.g. --content-type train=text/csv")
+        types[name] = value
+    channels = []
+    for pair in pairs:
+        name, _, source = pair.partition("=")
+        if not source or not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", name):
+            raise ConfigError(
+                f"--channel {pair!r} is not NAME=PATH.",
+                "write e.g. --channel train=data/train (channel names: letters, digits, . _ -)",
+            )
+        channels.append(Channel(name=name, source=source, content_type=types.get(name)))
+    return channels
+
+
+def sample_job(image_name: str) -> tuple[list[Channel], dict[str, Any]]:
+    """The bundled sample data of an image (by framework) and the hyperparameters that suit it."""
+    framework = image_name
+    try:
+        framework = manifest.entry(image_name).get("framework", image_name)
+    except ConfigError:
+        pass
+    directory = SAMPLE_DATA / framework
+    if not directory.is_dir():
+        raise ConfigError(
+            f"There is no bundled sample data for {image_name!r}.",
+            f"pass --channel NAME=DIR (samples exist for {', '.join(p.name for p in SAMPLE_DATA.iterdir() if p.is_dir())})",
+        )
+    config = json.loads((directory / "job.json").read_text())
+    types = config.get("content_types", {})
+    channels = [
+        Channel(name=sub.name, source=str(sub), content_type=types.get(sub.name))
+        for sub in sorted(directory.iterdir())
+        if sub.is_dir()
+    ]
+    return channels, dict(config.get("hyperparameters", {}))
