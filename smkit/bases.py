@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -27,6 +28,9 @@ class Base:
 
 
 def _image_uris():
+    # The SDK logs where it looked for its defaults config at INFO on import; not our users' business here.
+    logging.getLogger("sagemaker.config").setLevel(logging.WARNING)
+    os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")  # v2 works; the migration is the user's call
     try:  # SDK v2
         from sagemaker import image_uris
     except ImportError:  # SDK v3 moved it

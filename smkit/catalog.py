@@ -33,6 +33,7 @@ class ImageSpec:
     repository: str
     processor: str = "cpu"
     py_version: str | None = None
+    metrics: tuple[str, ...] = ()  # metric names the script prints, for SageMaker metric_definitions
 
     @property
     def build_inputs(self) -> tuple[str, ...]:
@@ -74,7 +75,7 @@ def load(path: Path = IMAGES_FILE) -> dict[str, ImageSpec]:
         if table["framework"] == "pytorch" and not table.get("py_version"):
             raise ConfigError(f"{where} needs py_version for a PyTorch base.", 'add e.g. py_version = "py312"')
         check_repository_name(table["repository"])
-        specs[name] = ImageSpec(name=name, **{**table, "scripts": tuple(table["scripts"])})
+        specs[name] = ImageSpec(name=name, **{**table, "scripts": tuple(table["scripts"]), "metrics": tuple(table.get("metrics", ()))})
     if not specs:
         raise ConfigError(f"{path} lists no images.", "add an [images.<name>] table")
     return specs

@@ -228,16 +228,19 @@ def push(local_ref: str, target: Target, tag: str, extra_tags: list[str] = (), r
     image_uri = f"{target.image}:{tag}"
     remote = remote_digest(target, tag)
     known = {d.split("@", 1)[1] for d in image.attrs.get("RepoDigests", []) if d.startswith(target.image + "@")}
+    if target.immutable:
+        # Check every tag before uploading anything: an immutable repository must not end half-tagged.
+        for name, digest in [(tag, remote)] + [(extra, remote_digest(target, extra)) for extra in extra_tags]:
+            if digest is not None and digest not in known:
+                raise RegistryError(
+                    f"{target.image}:{name} already exists with another digest ({digest}) and the repository's tags are IMMUTABLE.",
+                    "push under a new --tag (the content tag changes with the inputs by itself); an immutable tag is never reused",
+                )
     if remote is not None and remote in known:
         for extra in extra_tags:
             _tag_and_push(image, target, extra, retries, backoff, show_progress)
         return PushResult(image_uri=image_uri, digest=remote, tags=[tag, *extra_tags], skipped=True,
                           seconds=round(time.monotonic() - started, 2))
-    if remote is not None and target.immutable:
-        raise RegistryError(
-            f"{image_uri} already exists with another digest ({remote}) and the repository's tags are IMMUTABLE.",
-            "rebuild (the content tag changes with the inputs), or push under a new --tag; never reuse an immutable tag",
-        )
     result = _tag_and_push(image, target, tag, retries, backoff, show_progress)
     for extra in extra_tags:
         _tag_and_push(image, target, extra, retries, backoff, show_progress)

@@ -69,3 +69,48 @@ def moto(moto_server, monkeypatch):
     moto_server.reset()
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server.url)
     return moto_server
+
+
+# -------------------------------------------------------------------------------------------------
+# Nothing in a test process may reach beyond this machine: every connection and name lookup is
+# checked, anything but loopback and unix sockets is refused (as a network error, which is what a
+# library would see offline) and recorded, and the test that caused it fails.
+
+import ipaddress
+import socket
+import sys
+
+NETWORK_VIOLATIONS: list[str] = []
+
+
+def _loopback(host) -> bool:
+    if host in (None, "", "localhost") or (isinstance(host, str) and host.endswith(".localhost")):
+        return True
+    try:
+        return ipaddress.ip_address(str(host).strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _network_guard(event: str, args) -> None:
+    if event == "socket.getaddrinfo":
+        host = args[0]
+        host = host.decode() if isinstance(host, bytes) else host
+        if not _loopback(host):
+            NETWORK_VIOLATIONS.append(f"name lookup of {host}")
+            raise socket.gaierror(socket.EAI_NONAME, f"blocked by the test suite: lookup of {host}")
+    elif event == "socket.connect":
+        sock, address = args
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and not _loopback(address[0]):
+            NETWORK_VIOLATIONS.append(f"connection to {address}")
+            raise ConnectionRefusedError(f"blocked by the test suite: connection to {address}")
+
+
+sys.addaudithook(_network_guard)
+
+
+@pytest.fixture(autouse=True)
+def no_network_beyond_loopback():
+    start = len(NETWORK_VIOLATIONS)
+    yield
+    assert NETWORK_VIOLATIONS[start:] == [], f"the test tried to reach the network: {NETWORK_VIOLATIONS[start:]}"

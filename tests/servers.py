@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
+import os
 import shutil
 import socket
 import subprocess
@@ -140,7 +142,13 @@ class MotoServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> "MotoServer":
+        # moto's recorder keeps every request it serves (body included): the tests read back exactly what
+        # reached e.g. CreateTrainingJob. The path is read when moto is imported.
+        self.recording = Path(tempfile.mkdtemp(prefix="smkit-moto-")) / "recording.jsonl"
+        os.environ["MOTO_RECORDER_FILEPATH"] = str(self.recording)
         from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no access log lines in the test output
 
         self.port = self.port or free_port()
         self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
@@ -150,6 +158,30 @@ class MotoServer:
 
     def reset(self) -> None:
         urllib.request.urlopen(urllib.request.Request(f"{self.url}/moto-api/reset", method="POST"), timeout=10)
+        for action in ("reset-recording", "start-recording"):
+            urllib.request.urlopen(urllib.request.Request(f"{self.url}/moto-api/recorder/{action}", method="POST"), timeout=10)
+
+    def requests(self, target: str | None = None) -> list[dict]:
+        """Recorded requests since the last reset, as {method, url, headers, json}; `target` filters on
+        the X-Amz-Target operation (e.g. "CreateTrainingJob")."""
+        found = []
+        if not self.recording.exists():
+            return found
+        for line in self.recording.read_text().splitlines():
+            entry = json.loads(line)
+            body = entry.get("body") or ""
+            if entry.get("body_encoded"):
+                body = base64.b64decode(body).decode(errors="replace")
+            operation = (entry["headers"].get("X-Amz-Target") or entry["headers"].get("x-amz-target") or "").split(".")[-1]
+            if target and operation != target:
+                continue
+            try:
+                entry["json"] = json.loads(body) if body else None
+            except ValueError:
+                entry["json"] = None
+            entry["operation"] = operation
+            found.append(entry)
+        return found
 
     def stop(self) -> None:
         if self.server is not None:

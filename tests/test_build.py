@@ -1,0 +1,234 @@
+"""build.py against a real engine, a real registry server (htpasswd auth) and ECR's API on moto.
+
+Each test works on a scratch copy of the project (SMKIT_PROJECT), so it can edit a training script and
+watch what a rebuild and a push do, without touching the checkout.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import boto3
+import pytest
+
+from tests.servers import Registry, free_port
+
+pytestmark = pytest.mark.docker
+REPO = Path(__file__).resolve().parent.parent
+MOTO_ACCOUNT = "123456789012"  # moto's default account; its ECR tokens are "AWS:<account>-auth-token"
+
+
+def make_project(root: Path) -> Path:
+    """A scratch project: images.toml, the XGBoost Dockerfile and scripts (a small script of its own)."""
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "images.toml", root / "images.toml")
+    shutil.copy(REPO / ".dockerignore", root / ".dockerignore")
+    for framework in ("xgboost", "pytorch"):
+        shutil.copytree(REPO / "containers" / framework, root / "containers" / framework)
+        (root / "train_scripts" / framework).mkdir(parents=True)
+        (root / "train_scripts" / framework / "train.py").write_text("print('version 1')\n")
+    shutil.copytree(REPO / "train_scripts" / "common", root / "train_scripts" / "common", ignore=shutil.ignore_patterns("__pycache__"))
+    return root
+
+
+def run_build(project: Path, *args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    full_env = dict(os.environ, SMKIT_PROJECT=str(project), COLUMNS="200", **(env or {}))
+    proc = subprocess.run([sys.executable, str(REPO / "build.py"), *args], capture_output=True, text=True, env=full_env, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"build.py {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def docker_config(directory: Path, registry: Registry) -> Path:
+    """A DOCKER_CONFIG holding the registry's credentials, as `docker login` would leave it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    auth = base64.b64encode(f"{registry.auth['username']}:{registry.auth['password']}".encode()).decode()
+    (directory / "config.json").write_text(json.dumps({"auths": {registry.host: {"auth": auth}}}))
+    return directory
+
+
+def manifest_entry(project: Path, name: str = "xgboost") -> dict:
+    return json.loads((project / "build" / "images.json").read_text())["images"][name]
+
+
+@pytest.fixture
+def project(tmp_path, standin_xgboost) -> Path:
+    return make_project(tmp_path / "project")
+
+
+def test_build_labels_layout_and_contract(project, docker_client, standin_xgboost):
+    out = run_build(project, "build", "--image", "xgboost", "--base", "local")
+    entry = manifest_entry(project)
+    assert re.fullmatch(r"nogit-[0-9a-f]{10}", entry["tag"])  # the scratch project is not a git checkout
+    assert entry["local_ref"] in out.stdout
+    image = docker_client.images.get(entry["local_ref"])
+    config = image.attrs["Config"]
+    base = docker_client.images.get(standin_xgboost).attrs["Config"]
+    assert image.attrs["Architecture"] == "amd64" and image.attrs["Os"] == "linux"
+    assert config["Cmd"] == ["train"] and config["Entrypoint"] == base["Entrypoint"]
+    assert "SAGEMAKER_PROGRAM=train.py" in config["Env"]
+    labels = config["Labels"]
+    assert labels["org.opencontainers.image.base.name"] == standin_xgboost
+    assert labels["org.opencontainers.image.base.digest"] == docker_client.images.get(standin_xgboost).id
+    assert labels["io.smkit.inputs-sha256"] == entry["inputs_sha256"]
+    assert "xgboost==3.0.5" in labels["io.smkit.pip-freeze"].splitlines()
+    code = docker_client.containers.run(image.id, ["-c", "ls -A /opt/ml/code; test -w /opt/ml/code && echo writable"],
+                                        entrypoint=["sh"], remove=True, network_disabled=True).decode().split()
+    assert sorted(code) == ["sm_contract.py", "train.py", "writable"]  # no requirements.txt left for job start
+    assert entry["size"] == image.attrs["Size"] and entry["layers"] == image.attrs["RootFS"]["Layers"]
+
+    again = run_build(project, "build", "--image", "xgboost", "--base", "local")
+    assert "unchanged" in again.stdout
+    assert manifest_entry(project)["image_id"] == image.id
+
+
+def test_script_edit_rebuilds_and_pushes_only_the_last_layer(project, docker_client, registry, tmp_path):
+    env = {"DOCKER_CONFIG": str(docker_config(tmp_path / "docker", registry))}
+    target = f"{registry.host}/team"
+    run_build(project, "build", "--image", "xgboost", "--base", "local")
+    first = manifest_entry(project)
+    pushed = run_build(project, "push", "--image", "xgboost", "--registry", target, "--quiet", env=env)
+    record = manifest_entry(project)["pushed"]
+    digest = registry.manifest_digest("team/smkit-xgboost", first["tag"])
+    # What is printed is what the registry holds.
+    assert record["digest"] == digest
+    assert f"image_uri: {target}/smkit-xgboost:{first['tag']}" in pushed.stdout
+    assert f"pinned:    {target}/smkit-xgboost@{digest}" in pushed.stdout
+
+    again = run_build(project, "push", "--image", "xgboost", "--registry", target, "--quiet", env=env)
+    assert manifest_entry(project)["pushed"]["skipped"] is True
+    assert "nothing pushed" in again.stderr
+
+    (project / "train_scripts" / "xgboost" / "train.py").write_text("print('version 2')\n")
+    run_build(project, "build", "--image", "xgboost", "--base", "local")
+    second = manifest_entry(project)
+    assert second["tag"] != first["tag"]
+    assert second["layers"][:-1] == first["layers"][:-1] and second["layers"][-1] != first["layers"][-1]
+    blobs_before = registry.blob_count()
+    run_build(project, "push", "--image", "xgboost", "--registry", target, "--quiet", env=env)
+    record = manifest_entry(project)["pushed"]
+    assert record["layers_pushed"] == 1 and record["layers_existing"] == len(first["layers"]) - 1
+    # The registry stores the manifest as a blob too: script layer + image config + manifest, nothing else.
+    assert registry.blob_count() - blobs_before == 3
+    assert registry.manifest_digest("team/smkit-xgboost", second["tag"]) == record["digest"]
+
+
+@pytest.fixture
+def ecr_registry():
+    """A registry that accepts moto's ECR token, standing in for ECR's data plane."""
+    server = Registry(users={"AWS": f"{MOTO_ACCOUNT}-auth-token"}).start()
+    yield server
+    server.stop()
+
+
+def test_ecr_push_creates_a_safe_repository_and_logs_in_for_this_push_only(project, moto, ecr_registry, tmp_path):
+    docker_dir = tmp_path / "docker"
+    docker_dir.mkdir()
+    env = {"AWS_ENDPOINT_URL": moto.url, "DOCKER_CONFIG": str(docker_dir)}
+    run_build(project, "build", "--image", "xgboost", "--base", "local")
+    tag = manifest_entry(project)["tag"]
+    out = run_build(project, "push", "--image", "xgboost", "--region", "us-east-1", "--registry-host", ecr_registry.host,
+                    "--immutable-tags", "--tag", "release-1", "--quiet", env=env)
+    assert "created ECR repository smkit-xgboost" in out.stderr
+
+    ecr = boto3.client("ecr", region_name="us-east-1", endpoint_url=moto.url)
+    repo = ecr.describe_repositories(repositoryNames=["smkit-xgboost"])["repositories"][0]
+    assert repo["imageScanningConfiguration"]["scanOnPush"] is True
+    assert repo["encryptionConfiguration"]["encryptionType"] == "AES256"
+    assert repo["imageTagMutability"] == "IMMUTABLE"
+    policy = json.loads(ecr.get_lifecycle_policy(repositoryName="smkit-xgboost")["lifecyclePolicyText"])
+    assert policy["rules"][0]["selection"]["tagStatus"] == "untagged"
+    tokens = [r for r in moto.requests("GetAuthorizationToken")]
+    assert len(tokens) == 1  # a fresh token for this push
+    # The token was used for this push only: nothing was written to the docker config.
+    assert not (docker_dir / "config.json").exists()
+    digest = ecr_registry.manifest_digest("smkit-xgboost", tag)
+    assert digest and ecr_registry.manifest_digest("smkit-xgboost", "release-1") == digest
+
+    # An immutable tag is never moved: a changed image under the same moving tag is refused up front.
+    (project / "train_scripts" / "xgboost" / "train.py").write_text("print('changed')\n")
+    run_build(project, "build", "--image", "xgboost", "--base", "local")
+    refused = run_build(project, "push", "--image", "xgboost", "--region", "us-east-1", "--registry-host", ecr_registry.host,
+                        "--tag", "release-1", "--quiet", env=env, check=False)
+    assert refused.returncode != 0
+    assert "release-1 already exists with another digest" in refused.stderr and "IMMUTABLE" in refused.stderr
+    assert ecr_registry.manifest_digest("smkit-xgboost", "release-1") == digest
+    assert "Traceback" not in refused.stderr
+
+
+def test_dry_run_prints_every_action_and_touches_nothing(project, docker_client):
+    images_before = {i.id for i in docker_client.images.list(all=True)}
+    # No AWS endpoint answers: a dry run must not need one.
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}
+    out = run_build(project, "build", "--region", "us-east-1", "--dry-run", env=env).stdout
+    xgboost_base = "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-xgboost:3.0-5"
+    steps = [
+        "ecr get-authorization-token --registry-ids 683313688378 --region us-east-1",
+        f"docker pull {xgboost_base}",
+        f"docker build --platform linux/amd64 --network host -f containers/xgboost/Dockerfile --build-arg BASE_IMAGE={xgboost_base}",
+        "python3 -m pip freeze",
+        "-t smkit-xgboost:nogit-",
+        "check the image is linux/amd64",
+    ]
+    positions = [out.find(step) for step in steps]
+    assert -1 not in positions and positions == sorted(positions), out
+    assert "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.8.0-cpu-py312" in out
+    assert {i.id for i in docker_client.images.list(all=True)} == images_before
+    assert not (project / "build").exists()
+
+    (project / "build").mkdir()
+    (project / "build" / "images.json").write_text(json.dumps({"schema": 1, "images": {"xgboost": {
+        "local_ref": "smkit-xgboost:nogit-0", "tag": "nogit-0", "moving_tags": []}}}))
+    push = run_build(project, "push", "--image", "xgboost", "--region", "eu-west-1", "--immutable-tags", "--dry-run", env=env).stdout
+    for step in ("ecr describe-repositories smkit-xgboost --region eu-west-1", "scan on push", "IMMUTABLE tags",
+                 "ecr get-authorization-token --region eu-west-1", "docker tag + docker push"):
+        assert step in push
+
+
+def test_doctor_checks_everything_and_names_fixes(moto, registry, tmp_path):
+    env = {"AWS_ENDPOINT_URL": moto.url, "DOCKER_CONFIG": str(docker_config(tmp_path / "docker", registry))}
+    ok = run_build(REPO, "doctor", "--region", "us-east-1", "--registry", f"{registry.host}/team", env=env)
+    for check in ("docker engine", "docker compose", "architecture", "aws credentials", "ecr login", "registry login"):
+        assert re.search(rf"{check}\s+ok", ok.stdout), ok.stdout
+    assert "everything checked is ready" in ok.stdout
+
+    closed = f"127.0.0.1:{free_port()}"
+    bad = run_build(REPO, "doctor", "--region", "us-east-1", "--registry", closed, env=env, check=False)
+    assert bad.returncode == 1
+    assert re.search(r"registry\s+FAIL", bad.stdout) and f"The registry {closed} cannot be reached" in bad.stdout
+
+    no_engine = run_build(REPO, "doctor", "--region", "us-east-1", env=dict(env, DOCKER_HOST="unix:///nonexistent.sock"), check=False)
+    assert no_engine.returncode == 1
+    assert "No Docker engine answers at unix:///nonexistent.sock" in no_engine.stdout and "make engine" in no_engine.stdout
+
+
+def test_failures_name_the_cause_and_the_fix(project, registry, tmp_path):
+    def fails(*args, env=None, expect: str):
+        proc = run_build(project, *args, env=env, check=False)
+        assert proc.returncode != 0
+        assert expect in proc.stderr and "fix:" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr + proc.stdout
+        return proc
+
+    fails("build", "--image", "lightgbm", "--base", "local", expect="No image named lightgbm in images.toml")
+    fails("build", "--image", "xgboost", "--base", f"127.0.0.1:{free_port()}/nope:1", expect="The base image")
+    text = (project / "images.toml").read_text().replace('repository = "smkit-xgboost"', 'repository = "Bad Name!"')
+    (project / "images.toml").write_text(text)
+    fails("build", "--base", "local", expect="'Bad Name!' is not a valid repository name")
+    (project / "images.toml").write_text(text.replace('repository = "Bad Name!"', 'repository = "smkit-xgboost"'))
+
+    run_build(project, "build", "--image", "xgboost", "--base", "local")
+    fails("push", "--image", "xgboost", "--registry", f"127.0.0.1:{free_port()}/team", "--quiet", expect="cannot be reached")
+    wrong = tmp_path / "wrong-docker"
+    wrong.mkdir()
+    (wrong / "config.json").write_text(json.dumps({"auths": {registry.host: {"auth": base64.b64encode(b"smkit:wrong").decode()}}}))
+    proc = fails("push", "--image", "xgboost", "--registry", f"{registry.host}/team", "--quiet", env={"DOCKER_CONFIG": str(wrong)},
+                 expect="refused the credentials")
+    assert "docker login" in proc.stderr
