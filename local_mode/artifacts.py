@@ -23,7 +23,7 @@ def parse_metrics(log: str) -> tuple[dict[str, float], list[dict]]:
     """(last value of each metric, every step line as {kind, step, host, metrics})."""
     final: dict[str, float] = {}
     history: list[dict] = []
-    for raw in log.splitlines():
+    for raw in strip_ansi(log).splitlines():
         host = None
         prefix = HOST_PREFIX.match(raw)
         line = raw

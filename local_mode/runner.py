@@ -9,9 +9,12 @@ left running.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -139,25 +142,44 @@ def run_local(
     started = time.monotonic()
     status_override = None
     with open(log_path, "w") as log:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=REPO, text=True, bufsize=1)
+        # Its own process group: on a timeout the driver and the docker compose it started die together
+        # (killing the driver alone leaves compose, and the containers, running).
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=REPO, text=True,
+                                   bufsize=1, start_new_session=True)
+        expired = threading.Event()
+
+        def stop(reason: str) -> None:
+            expired.set()
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            stop_containers(run_dir)
+            log.write(f"\n[local_mode] stopped: {reason}\n")
+
+        watchdog = threading.Timer(timeout, stop, args=(f"timeout after {timeout:.0f}s",)) if timeout else None
+        if watchdog:
+            watchdog.daemon = True
+            watchdog.start()
         try:
             assert process.stdout is not None
             for line in process.stdout:
                 log.write(artifacts.strip_ansi(line))
                 if stream:
                     console.err.out(line.rstrip("\n"), highlight=False)
-                if timeout is not None and time.monotonic() - started > timeout:
-                    raise subprocess.TimeoutExpired(command, timeout)
-            process.wait(timeout=None if timeout is None else max(1.0, timeout - (time.monotonic() - started)))
-        except (subprocess.TimeoutExpired, KeyboardInterrupt) as exc:
-            process.kill()
             process.wait()
-            status_override = "Stopped"
-            log.write(f"\n[local_mode] stopped: {'timeout after %.0fs' % timeout if isinstance(exc, subprocess.TimeoutExpired) else 'interrupted'}\n")
+        except KeyboardInterrupt:
+            stop("interrupted")
+            process.wait()
         finally:
+            if watchdog:
+                watchdog.cancel()
+                watchdog.join()  # if it fired, let it finish removing the containers
             removed = stop_containers(run_dir)
             if removed:
                 log.write(f"[local_mode] removed {removed} container(s) left behind by docker compose\n")
+        if expired.is_set():
+            status_override = "Stopped"
     wall = time.monotonic() - started
 
     driver_result = {}

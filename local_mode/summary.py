@@ -12,7 +12,7 @@ def show(result) -> None:
     colour = "green" if result.ok else "red"
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
-    table.add_column()
+    table.add_column(overflow="fold")
     table.add_row("job", f"{result.job_name} ({result.mode}" + (f", SDK {result.sdk}" if result.sdk else "") + ")")
     table.add_row("status", f"[{colour}]{result.status}[/]")
     table.add_row("image", result.image)

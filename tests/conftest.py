@@ -7,7 +7,11 @@ reach a real AWS endpoint by accident.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -49,6 +53,19 @@ def standin_pytorch(docker_client) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_image(docker_client, standin_xgboost) -> str:
+    """tests/fixtures/tiny_xgboost: the smallest image extending the XGBoost stand-in (id)."""
+    from smkit import builder
+    from smkit.context import BuildContext
+
+    ctx = BuildContext(Path(__file__).parent / "fixtures" / "tiny_xgboost")
+    ctx.add(".")
+    outcome = builder.build(ctx, dockerfile="Dockerfile", tag="smkit-test/tiny-xgboost:latest",
+                            buildargs={"BASE_IMAGE": standin_xgboost}, title="tiny")
+    return outcome.image_id
+
+
+@pytest.fixture(scope="session")
 def registry():
     """A real registry server on loopback with htpasswd authentication."""
     server = Registry().start()
@@ -75,10 +92,6 @@ def moto(moto_server, monkeypatch):
 # Nothing in a test process may reach beyond this machine: every connection and name lookup is
 # checked, anything but loopback and unix sockets is refused (as a network error, which is what a
 # library would see offline) and recorded, and the test that caused it fails.
-
-import ipaddress
-import socket
-import sys
 
 NETWORK_VIOLATIONS: list[str] = []
 

@@ -11,11 +11,9 @@ import pytest
 import xgboost as xgb
 
 from local_mode import Channel, JobSpec, run_local
-from smkit import builder, standin
-from smkit.context import BuildContext
+from smkit import standin
 
 pytestmark = pytest.mark.docker
-FIXTURES = Path(__file__).parent / "fixtures"
 SAMPLE = Path(__file__).parent.parent / "local_mode" / "sample_data" / "xgboost"
 
 
@@ -56,15 +54,6 @@ def test_standin_is_cached_by_the_hash_of_its_inputs(docker_client, standin_xgbo
     # Any change to an input changes the hash, so the next `make bases` rebuilds.
     ctx.add_bytes("requirements.txt", b"xgboost==3.0.5\nnumpy==2.1.0\n")
     assert ctx.digest(f"PYTHON_BASE={docker_client.images.get(python_base).id}", f"TORCH_VERSION={standin.TORCH_VERSION}") != expected
-
-
-@pytest.fixture(scope="module")
-def tiny_image(docker_client, standin_xgboost) -> str:
-    ctx = BuildContext(FIXTURES / "tiny_xgboost")
-    ctx.add(".")
-    outcome = builder.build(ctx, dockerfile="Dockerfile", tag="smkit-test/tiny-xgboost:latest",
-                            buildargs={"BASE_IMAGE": standin_xgboost}, title="tiny")
-    return outcome.image_id
 
 
 def test_tiny_image_trains_in_sdk_local_mode(tiny_image, tmp_path):

@@ -108,7 +108,13 @@ def parse_list(raw: Any, item_kind: type) -> list:
             try:
                 items = list(json.loads(text.replace("(", "[").replace(")", "]")))
             except ValueError:
-                items = list(ast.literal_eval(text))
+                try:
+                    items = list(ast.literal_eval(text))
+                except (ValueError, SyntaxError):
+                    # Bare names in brackets, as a user types them: [auc, logloss] or (a b).
+                    if text[-1:] not in ("]", ")"):
+                        raise ValueError("unbalanced brackets") from None
+                    items = [part.strip("'\"") for part in re.split(r"[,\s]+", text[1:-1]) if part]
         else:
             items = [part for part in re.split(r"[,\s]+", text) if part]
     if item_kind is str:
@@ -515,6 +521,10 @@ def atomic_write(path: Path, write: Callable[[Path], Any]) -> Path:
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        # mkstemp makes the file 0600; give it the mode an ordinary open() would (0666 less the umask).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         fsync_file(tmp)
         os.replace(tmp, path)
     finally:
