@@ -24,21 +24,20 @@ from docker.utils.build import PatternMatcher
 from smkit.errors import ConfigError
 
 # Names that are never sent to the engine, wherever they appear in a context.
+SECRET_DIRS = [".aws", ".docker", ".ssh", ".gnupg", ".git", ".kube", ".azure", ".config/gcloud"]
 SECRET_PATTERNS = [
-    "**/.aws",
+    *(f"**/{d}/**" for d in SECRET_DIRS),
     "**/.env",
     "**/.env.*",
     "**/*.pem",
     "**/*.key",
     "**/*.p12",
     "**/*.pfx",
-    "**/.docker",
-    "**/.ssh",
     "**/id_rsa*",
+    "**/id_ecdsa*",
     "**/id_ed25519*",
     "**/.netrc",
     "**/.pypirc",
-    "**/.git",
     "**/.git-credentials",
 ]
 # Contents that give a secret away whatever the file is called (a renamed docker config, a key, AWS keys).

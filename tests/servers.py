@@ -68,7 +68,7 @@ class Registry:
         binary = shutil.which("docker-registry")
         if binary is None:
             raise RuntimeError("docker-registry is not installed (make engine installs it)")
-        self.root = Path(tempfile.mkdtemp(prefix="smkit-registry-"))
+        self.root = self.root or Path(tempfile.mkdtemp(prefix="smkit-registry-"))  # a restart keeps the data
         self.port = self.port or free_port()
         config = {
             "version": 0.1,
@@ -85,12 +85,20 @@ class Registry:
             config["auth"] = {"htpasswd": {"realm": "smkit-test", "path": str(self.root / "htpasswd")}}
         # JSON is valid YAML, which is what the registry reads.
         (self.root / "config.yml").write_text(json.dumps(config))
-        self.log = open(self.root / "registry.log", "wb")
+        self.log = open(self.root / "registry.log", "ab")
         self.process = subprocess.Popen(
             [binary, "serve", str(self.root / "config.yml")], stdout=self.log, stderr=subprocess.STDOUT
         )
         wait_for_http(f"http://{self.host}/v2/")
         return self
+
+    def kill(self) -> None:
+        """Stop the server abruptly (SIGKILL), keeping its data: start() brings it back on the same port."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+            self.log.close()
 
     def stop(self) -> None:
         if self.process is not None:
@@ -100,8 +108,10 @@ class Registry:
             except subprocess.TimeoutExpired:
                 self.process.kill()
             self.process = None
+            self.log.close()
         if self.root is not None:
             shutil.rmtree(self.root, ignore_errors=True)
+            self.root = None
 
     def request(self, path: str, method: str = "GET", headers: dict | None = None):
         """An authenticated request to the registry API; returns (status, headers, body)."""
@@ -128,6 +138,89 @@ class Registry:
     def blob_count(self) -> int:
         blobs = self.root / "data/docker/registry/v2/blobs" if self.root else None
         return sum(1 for _ in blobs.rglob("data")) if blobs and blobs.exists() else 0
+
+
+class FaultyProxy:
+    """A reverse proxy in front of a registry that injects faults into chosen requests.
+
+    `rule(method, path, seen)` is asked for every request (`seen`: how many requests matched so far
+    for that rule's own bookkeeping is up to the rule); it returns None to pass the request through, or
+    (status, body) to answer with that instead. Docker pushes to it as to any registry on loopback.
+    """
+
+    def __init__(self, upstream: str, rule):
+        import http.server
+
+        self.upstream, self.rule, self.port = upstream, rule, free_port()
+        self.log: list[tuple[str, str, int]] = []
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _body(self) -> bytes:
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    data = b""
+                    while True:
+                        size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                        if size == 0:
+                            self.rfile.readline()
+                            return data
+                        data += self.rfile.read(size)
+                        self.rfile.readline()
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+            def _handle(self):
+                import http.client
+
+                body = self._body()
+                fault = proxy.rule(self.command, self.path)
+                if fault is not None:
+                    status, payload = fault
+                    proxy.log.append((self.command, self.path, status))
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                connection = http.client.HTTPConnection(proxy.upstream, timeout=60)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("transfer-encoding", "content-length")}
+                headers["Content-Length"] = str(len(body))
+                connection.request(self.command, self.path, body=body, headers=headers)
+                response = connection.getresponse()
+                payload = response.read()
+                proxy.log.append((self.command, self.path, response.status))
+                self.send_response(response.status)
+                for key, value in response.getheaders():
+                    if key.lower() not in ("transfer-encoding", "content-length", "connection"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(payload)
+                connection.close()
+
+            do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> "FaultyProxy":
+        import threading
+
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 @dataclass
