@@ -62,10 +62,14 @@ def _ignore_patterns(root: Path) -> list[str]:
 
 @dataclass
 class BuildContext:
-    """The files of one build, keyed by their path inside the context."""
+    """The files of one build, keyed by their path inside the context.
+
+    Contents are read when a file is added, so the digest and the tar describe the same bytes even if a
+    file is edited while a build runs."""
 
     root: Path
-    files: dict[str, bytes | Path] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)
+    modes: dict[str, int] = field(default_factory=dict)
     left_out: list[tuple[str, str]] = field(default_factory=list)  # (path, why) for the user to see
 
     def __post_init__(self):
@@ -90,34 +94,28 @@ class BuildContext:
                 self.left_out.append((arcname, ".dockerignore"))
             elif "__pycache__" in arcname.split("/") or arcname.endswith(".pyc"):
                 continue
-            elif path.stat().st_size <= SCAN_LIMIT and SECRET_CONTENT.search(path.read_bytes()):
-                self.left_out.append((arcname, "its contents look like a credential or a private key"))
             else:
-                self.files[arcname] = path
+                data = path.read_bytes()
+                if len(data) <= SCAN_LIMIT and SECRET_CONTENT.search(data):
+                    self.left_out.append((arcname, "its contents look like a credential or a private key"))
+                else:
+                    self.add_bytes(arcname, data, executable=os.access(path, os.X_OK))
 
-    def add_bytes(self, arcname: str, data: bytes) -> None:
+    def add_bytes(self, arcname: str, data: bytes, executable: bool = False) -> None:
         self.files[arcname] = data
+        self.modes[arcname] = 0o755 if executable else 0o644
 
     def add_file_as(self, path: Path, arcname: str) -> None:
-        self.files[arcname] = Path(path)
-
-    def _content(self, arcname: str) -> bytes:
-        item = self.files[arcname]
-        return item if isinstance(item, bytes) else item.read_bytes()
-
-    def _mode(self, arcname: str) -> int:
-        item = self.files[arcname]
-        executable = isinstance(item, Path) and os.access(item, os.X_OK)
-        return 0o755 if executable else 0o644
+        self.add_bytes(arcname, Path(path).read_bytes(), executable=os.access(path, os.X_OK))
 
     def file_digests(self) -> dict[str, str]:
-        return {name: hashlib.sha256(self._content(name)).hexdigest() for name in sorted(self.files)}
+        return {name: hashlib.sha256(self.files[name]).hexdigest() for name in sorted(self.files)}
 
     def digest(self, *extra: str) -> str:
         """sha256 of every file's path, mode and content, plus any extra inputs (build args, base image id)."""
         h = hashlib.sha256()
         for name, file_hash in self.file_digests().items():
-            h.update(f"{name}\0{self._mode(name):o}\0{file_hash}\n".encode())
+            h.update(f"{name}\0{self.modes[name]:o}\0{file_hash}\n".encode())
         for item in extra:
             h.update(f"extra\0{item}\n".encode())
         return h.hexdigest()
@@ -126,18 +124,17 @@ class BuildContext:
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
             for name in sorted(self.files):
-                data = self._content(name)
                 info = tarfile.TarInfo(name)
-                info.size = len(data)
-                info.mode = self._mode(name)
+                info.size = len(self.files[name])
+                info.mode = self.modes[name]
                 info.mtime = FIXED_MTIME
-                archive.addfile(info, io.BytesIO(data))
+                archive.addfile(info, io.BytesIO(self.files[name]))
         buffer.seek(0)
         return buffer
 
     @property
     def size(self) -> int:
-        return sum(len(self._content(name)) for name in self.files)
+        return sum(len(data) for data in self.files.values())
 
 
 def build_ca_bundle() -> bytes:

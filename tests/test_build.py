@@ -145,12 +145,20 @@ def test_ecr_push_creates_a_safe_repository_and_logs_in_for_this_push_only(proje
     assert repo["imageTagMutability"] == "IMMUTABLE"
     policy = json.loads(ecr.get_lifecycle_policy(repositoryName="smkit-xgboost")["lifecyclePolicyText"])
     assert policy["rules"][0]["selection"]["tagStatus"] == "untagged"
-    tokens = [r for r in moto.requests("GetAuthorizationToken")]
-    assert len(tokens) == 1  # a fresh token for this push
+    assert len(moto.requests("GetAuthorizationToken")) == 1  # a fresh token for this push
     # The token was used for this push only: nothing was written to the docker config.
     assert not (docker_dir / "config.json").exists()
     digest = ecr_registry.manifest_digest("smkit-xgboost", tag)
     assert digest and ecr_registry.manifest_digest("smkit-xgboost", "release-1") == digest
+    assert manifest_entry(project)["pushed"]["pinned_image_uri"] == f"{ecr_registry.host}/smkit-xgboost@{digest}"
+
+    # The same image again: the registry already holds the tag at this digest, so nothing is uploaded,
+    # and the existing repository is left as it is.
+    again = run_build(project, "push", "--image", "xgboost", "--region", "us-east-1", "--registry-host", ecr_registry.host,
+                      "--quiet", env=env)
+    assert manifest_entry(project)["pushed"]["skipped"] is True and "nothing pushed" in again.stderr
+    assert "created ECR repository" not in again.stderr
+    assert len(moto.requests("GetAuthorizationToken")) == 2  # still a fresh token for every push
 
     # An immutable tag is never moved: a changed image under the same moving tag is refused up front.
     (project / "train_scripts" / "xgboost" / "train.py").write_text("print('changed')\n")
@@ -232,3 +240,31 @@ def test_failures_name_the_cause_and_the_fix(project, registry, tmp_path):
     proc = fails("push", "--image", "xgboost", "--registry", f"{registry.host}/team", "--quiet", env={"DOCKER_CONFIG": str(wrong)},
                  expect="refused the credentials")
     assert "docker login" in proc.stderr
+
+
+def test_tags_and_labels_follow_git(project, docker_client):
+    def git(*args):
+        subprocess.run(["git", "-C", str(project), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "scripts v1")
+    commit = subprocess.run(["git", "-C", str(project), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    run_build(project, "build", "--image", "xgboost", "--base", "local", "--tag", "latest")
+    clean = manifest_entry(project)
+    assert re.fullmatch(rf"{commit[:7]}-[0-9a-f]{{10}}", clean["tag"])
+    labels = docker_client.images.get(clean["local_ref"]).labels
+    assert labels["org.opencontainers.image.revision"] == commit
+    assert docker_client.images.get("smkit-xgboost:latest").id == clean["image_id"]  # the moving tag
+
+    # An edited input is never passed off as the commit.
+    (project / "train_scripts" / "xgboost" / "train.py").write_text("print('uncommitted')\n")
+    run_build(project, "build", "--image", "xgboost", "--base", "local")
+    dirty = manifest_entry(project)
+    assert re.fullmatch(rf"{commit[:7]}-dirty-[0-9a-f]{{10}}", dirty["tag"])
+    assert docker_client.images.get(dirty["local_ref"]).labels["org.opencontainers.image.revision"] == commit + "-dirty"
+    # A change outside the image's inputs does not make it dirty.
+    (project / "README.txt").write_text("notes\n")
+    (project / "train_scripts" / "xgboost" / "train.py").write_text("print('version 1')\n")
+    run_build(project, "build", "--image", "xgboost", "--base", "local")
+    assert manifest_entry(project)["tag"] == clean["tag"]
