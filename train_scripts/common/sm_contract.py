@@ -431,6 +431,24 @@ def row_range(total: int, part: int, parts: int) -> tuple[int, int]:
     return start, start + base + (1 if part < extra else 0)
 
 
+def first_long_line(handle: Any, limit: int, chunk: int = 1 << 20) -> tuple[int, int] | None:
+    """(1-based line number, length) of the first line of an open file longer than `limit` bytes or
+    characters, or None. For error messages: a CSV reader fails on a line longer than its block."""
+    newline = b"\n" if isinstance(handle.read(0), bytes) else "\n"
+    number, length = 1, 0
+    while True:
+        data = handle.read(chunk)
+        if not data:
+            return (number, length) if length > limit else None
+        start = 0
+        while (end := data.find(newline, start)) >= 0:
+            length += end - start
+            if length > limit:
+                return number, length
+            number, length, start = number + 1, 0, end + 1
+        length += len(data) - start
+
+
 # -----------------------------------------------------------------------------------------------
 # Metrics in the log
 
@@ -461,7 +479,9 @@ def failure_path(output_dir: Path | None) -> Path | None:
 
 def write_failure(message: str, output_dir: Path | None = None) -> None:
     """One line in output/failure, unless something wrote there first (the first cause wins)."""
-    message = " ".join(str(message).split())[:FAILURE_LIMIT]
+    message = " ".join(str(message).split())
+    # Bytes of a binary file quoted in a reason would reach the console as control characters: escape them.
+    message = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in message)[:FAILURE_LIMIT]
     print(f"ERROR: {message}", file=sys.stderr, flush=True)
     path = failure_path(output_dir)
     if path is None:

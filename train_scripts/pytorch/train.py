@@ -16,6 +16,7 @@ Compatible with torch 2.8 .. 2.13 and Python 3.10+; needs only torch, numpy, pya
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import math
 import os
@@ -382,7 +383,9 @@ def read_file(path: Path, channel: str, cfg: SimpleNamespace) -> Table | None:
                 data, header = pq.read_table(path), True
             else:
                 data, header = read_csv(path, cfg, gzipped=kind == "csv.gz")
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, EOFError, UnicodeDecodeError) as exc:
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, EOFError, UnicodeDecodeError, csv.Error) as exc:
+            if kind != "parquet":
+                long_line_error(path, gzipped=kind == "csv.gz")
             reason = (str(exc).splitlines() or [type(exc).__name__])[0]
             raise UserError(f"File {path} cannot be read as {'Parquet' if kind == 'parquet' else 'CSV'} "
                             f"({reason}); fix or remove the file.") from None
@@ -394,6 +397,26 @@ def read_file(path: Path, channel: str, cfg: SimpleNamespace) -> Table | None:
         log(f"note: skipping {path}: it has no rows", everywhere=True)
         return None
     return table
+
+
+CSV_BLOCK = 1 << 20  # pyarrow.csv's block size: every line must fit in one block
+
+
+def long_line_error(path: Path, gzipped: bool) -> None:
+    """A line longer than a CSV block (a file without line breaks) fails the reader with a misleading
+    message ("Empty CSV file or block", "field larger than field limit"): name the line instead."""
+    import gzip
+
+    try:
+        with (gzip.open(path, "rt", errors="replace") if gzipped else open(path, errors="replace")) as handle:
+            long = smc.first_long_line(handle, CSV_BLOCK)
+    except (OSError, EOFError):
+        return
+    if long:
+        row, length = long
+        raise UserError(f"File {path} has a line of {length:,} characters (line {row}), more than fits in one CSV "
+                        f"block ({CSV_BLOCK >> 20} MiB); end every row with a line break (\\n), or store rows that "
+                        "wide as Parquet or .npz.")
 
 
 def read_npz(path: Path, channel: str) -> Table:

@@ -395,7 +395,7 @@ def xgboost_message(exc: BaseException) -> str:
         if line and not line.startswith(("/", ":")):
             lines.append(line.rstrip("."))
     text = "; ".join(lines) or type(exc).__name__
-    return text[:400]
+    return text if len(text) <= 400 else text[:397] + "..."
 
 
 def format_value(value: Any) -> str:
@@ -592,6 +592,7 @@ def describe_first_file(source: Source, hp: dict) -> None:
     first = next((f for f in source.files if head_lines(f, 1)), None)
     if first is None:
         return
+    check_text(source, first)
     rows = list(csv.reader(head_lines(first), delimiter=source.delimiter))
     source.header = detect_header(rows, hp)
     width = len(rows[0])
@@ -604,7 +605,7 @@ def describe_first_file(source: Source, hp: dict) -> None:
         with pacsv.open_csv(str(first), read, pacsv.ParseOptions(delimiter=source.delimiter), convert) as reader:
             schema = reader.schema
     except pa.ArrowInvalid as exc:
-        raise csv_error(source, first, exc, None) from None
+        raise csv_error(source, first, exc, None, read.block_size) from None
     source.kinds = [arrow_kind(source, first, name, t) for name, t in zip(schema.names, schema.types)]
 
 
@@ -830,7 +831,7 @@ def _stream_csv(source: Source, path: Path, read: pacsv.ReadOptions, parse: pacs
     except pa.ArrowInvalid as exc:
         if "Empty CSV file" in str(exc):
             return  # an empty file has no rows
-        raise csv_error(source, path, exc, layout) from None
+        raise csv_error(source, path, exc, layout, read.block_size) from None
     except OSError as exc:
         raise sm.UserError(f"File {source.rel(path)} cannot be read ({exc}); check that it is a valid text or "
                            "compressed file.") from None
@@ -847,9 +848,34 @@ def check_header(source: Source, path: Path, layout: Layout) -> None:
                            "csv_header=false.")
 
 
-def csv_error(source: Source, path: Path, exc: Exception, layout: Layout | None) -> sm.UserError:
+def check_text(source: Source, path: Path) -> None:
+    """A file read as CSV or libsvm must be text: NUL bytes mean a binary file with a text name."""
+    try:
+        with open_text(path) as handle:
+            head = handle.read(4096)
+    except (OSError, EOFError, pa.ArrowException):
+        return  # the reader reports it
+    if "\x00" in head:
+        raise sm.UserError(f"File {source.rel(path)} holds binary data, not {source.format.upper()} text; remove it from "
+                           "the channel, or convert it to CSV, libsvm or Parquet.")
+
+
+def csv_error(source: Source, path: Path, exc: Exception, layout: Layout | None,
+              block: int | None = None) -> sm.UserError:
     """An Arrow CSV error as one sentence naming the file, the row and the column."""
     text = str(exc)
+    check_text(source, path)
+    if block and any(s in text for s in ("straddl", "larger than block size", "Empty CSV file or block")):
+        try:
+            with open_text(path) as handle:
+                long = sm.first_long_line(handle, block)
+        except (OSError, EOFError, pa.ArrowException):
+            long = None
+        if long:  # Arrow reads in blocks, and a line must fit in one
+            row, length = long
+            return sm.UserError(f"File {source.rel(path)} has a line of {length:,} characters (line {row}), more than "
+                                f"fits in one CSV block ({block / (1 << 20):g} MiB); end every row with a line break "
+                                "(\\n), or store rows that wide as Parquet or libsvm.")
     ragged = re.search(r"Expected (\d+) columns, got (\d+): (.*)", text, re.S)
     if ragged:
         expected, got, content = ragged.groups()
@@ -858,7 +884,8 @@ def csv_error(source: Source, path: Path, exc: Exception, layout: Layout | None)
         noun = "token" if source.format == "libsvm" else "field"
         return sm.UserError(f"File {source.rel(path)} has a row with {got} {noun}s{where} where the others have "
                             f"{expected} ({content.strip()[:80]!r}); give every row the same number of fields.")
-    conversion = re.search(r"column #(\d+): CSV conversion error to (\w+): invalid value '(.*)'", text, re.S)
+    conversion = re.search(r"column #(\d+): (?:Row #\d+: )?CSV conversion error to (\w+): invalid value '(.*)'",
+                           text, re.S)
     if conversion and layout is not None:
         index, _, value = conversion.groups()
         row = locate_row(path, source, lambda fields: len(fields) > int(index) and fields[int(index)] == value)
@@ -1478,9 +1505,7 @@ def new_or_resumed_booster(params: dict, dtrain: xgb.DMatrix, dvalid: xgb.DMatri
     """A fresh booster, or the newest checkpoint's (the first host's, sent to every host)."""
     found: tuple[int, bytes] | None = None
     if cluster.rank == 0 and checkpoints.enabled:
-        latest = checkpoints.latest()
-        if latest is not None:
-            found = (latest[0], latest[1].read_bytes())
+        found = newest_loadable_checkpoint(checkpoints)
     found = cluster.broadcast(found)
     cache = [dtrain] + ([dvalid] if dvalid is not None else [])
     if found is None:
@@ -1503,6 +1528,24 @@ def new_or_resumed_booster(params: dict, dtrain: xgb.DMatrix, dvalid: xgb.DMatri
             log(f"Warning: resuming with changed parameters: {', '.join(changed)}.")
     log(f"Resuming from checkpoint {checkpoints.path(step).name}: {step} rounds done.")
     return booster, step
+
+
+def newest_loadable_checkpoint(checkpoints: sm.Checkpoints) -> tuple[int, bytes] | None:
+    """The newest checkpoint that XGBoost loads, as (rounds, bytes). A damaged one (cut off while it was
+    copied, a full disk) is skipped with a warning and the one before it is used, as a spot restart must
+    not fail on it; with none that loads, training starts at round 0."""
+    saved = checkpoints.saved()
+    for step, path in reversed(saved):
+        try:
+            raw = path.read_bytes()
+            xgb.Booster(model_file=bytearray(raw))  # UBJSON parsed by XGBoost: never unpickled
+            return step, raw
+        except (OSError, xgb.core.XGBoostError) as exc:
+            reason = xgboost_message(exc) if isinstance(exc, xgb.core.XGBoostError) else str(exc)
+            log(f"Warning: checkpoint {path.name} cannot be loaded ({reason}); trying an older one.")
+    if saved:
+        log(f"Warning: no checkpoint in {checkpoints.directory} can be loaded; starting at round 0.")
+    return None
 
 
 class LogMetrics(xgb.callback.TrainingCallback):
