@@ -35,7 +35,7 @@ push_opts = $(if $(IMAGE),--image $(IMAGE)) $(if $(REGION),--region $(REGION)) $
 .PHONY: help venv venv-sdk3 engine bases test test-fast demo build push list doctor local train-cloud bench lock clean
 
 help:
-	@sed -n '1,17p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,13p' Makefile | sed 's/^# \{0,1\}//'
 	@echo "targets: demo test build push list doctor local train-cloud bench bases engine venv lock clean"
 
 venv:
@@ -82,7 +82,7 @@ bench: venv venv-sdk3 engine bases
 # Re-pin every dependency from pyproject.toml (run after changing it).
 lock:
 	rm -rf /tmp/smkit-lock && $(PYTHON) -m venv /tmp/smkit-lock
-	/tmp/smkit-lock/bin/pip install -q ".[train,test]"
+	/tmp/smkit-lock/bin/pip install -q ".[train,test]" "sagemaker>=2.257.7,<3"  # .venv: SDK v2; .venv-sdk3: v3
 	/tmp/smkit-lock/bin/pip freeze --exclude smkit | sed '1i # Exact versions for .venv; regenerate with `make lock`.' > requirements.lock
 	rm -rf /tmp/smkit-lock && $(PYTHON) -m venv /tmp/smkit-lock
 	/tmp/smkit-lock/bin/pip install -q "sagemaker>=3,<4" "docker>=7.1,<8" "rich>=13.7"
