@@ -8,7 +8,7 @@
 # Variables (all optional):
 #   IMAGE=xgboost|pytorch   one image instead of all        BASE=aws|local|URI   base image (default aws)
 #   REGION=us-east-1        AWS region                      TAG=name             extra moving tag (e.g. latest)
-#   REGISTRY=host:port/ns   push to an OCI registry instead of ECR
+#   REGISTRY=host:port/ns   push to an OCI registry instead of ECR (`make registry` starts one on 127.0.0.1:5000)
 #   PROCESSOR=cpu|gpu       base image variant              ARGS="..."           more build.py / local_mode options
 
 SHELL := /bin/bash
@@ -32,11 +32,12 @@ push_opts = $(if $(IMAGE),--image $(IMAGE)) $(if $(REGION),--region $(REGION)) $
             $(if $(REGISTRY),--registry $(REGISTRY))
 
 .DEFAULT_GOAL := help
-.PHONY: help venv venv-sdk3 engine bases test test-fast demo build push list doctor local train-cloud bench lock clean
+.PHONY: help venv venv-sdk3 engine bases test test-fast demo build push list doctor local train-cloud bench lock clean \
+        registry registry-stop
 
 help:
 	@sed -n '2,13p' Makefile | sed 's/^# \{0,1\}//'
-	@echo "targets: demo test build push list doctor local train-cloud bench bases engine venv lock clean"
+	@echo "targets: demo test build push list doctor local train-cloud registry registry-stop bench bases engine venv lock clean"
 
 venv:
 	@tools/ensure-venv.sh requirements.lock $(VENV)
@@ -75,6 +76,15 @@ local: venv engine
 
 train-cloud: venv
 	$(PY) -m local_mode run --cloud $(if $(IMAGE),--image $(IMAGE)) $(if $(REGION),--region $(REGION)) $(ARGS)
+
+# A registry on 127.0.0.1:$(PORT) to push to without an AWS account: make registry; make build push BASE=local
+# REGISTRY=127.0.0.1:5000/smkit
+PORT ?= 5000
+registry: engine
+	@PORT=$(PORT) tools/local-registry.sh start
+
+registry-stop:
+	@PORT=$(PORT) tools/local-registry.sh stop
 
 bench: venv venv-sdk3 engine bases
 	$(PY) -m bench $(ARGS)

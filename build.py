@@ -230,14 +230,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except ToolkitError as exc:
-        console.err.print(f"[red]error:[/] {exc.what}\n  [bold]fix:[/] {exc.fix}")
-        return exc.exit_code
-    except KeyboardInterrupt:
-        console.err.print("[red]interrupted[/]")
-        return 130
+    return console.run_command(lambda: args.func(args))
 
 
 if __name__ == "__main__":

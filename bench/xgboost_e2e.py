@@ -267,8 +267,9 @@ def analysis(m: dict[str, Any]) -> str:
         gap_load = (ours["load_s"]["median"] or 0) - (lim["load_s"]["median"] or 0)
         gap_train = (ours["train_s"]["median"] or 0) - (lim["train_s"]["median"] or 0)
         if e["ours_to_limit"] and e["ours_to_limit"] > 1.05:
-            why = [f"At {name} our script takes {fmt_x(e['ours_to_limit'])} the limit's time: {fmt_s(gap_load)} more "
-                   f"before training and {fmt_s(gap_train)} more in training."]
+            more_or_less = lambda gap: f"{fmt_s(abs(gap))} {'more' if gap >= 0 else 'less'}"  # noqa: E731
+            why = [f"At {name} our script takes {fmt_x(e['ours_to_limit'])} the limit's time: {more_or_less(gap_load)} "
+                   f"before training and {more_or_less(gap_train)} in training."]
             if gap_load > 0.05 * (lim["seconds"]["median"] or 1):
                 why.append(("Nearly all of it is parsing: the script reads CSV with pyarrow's streaming reader, which "
                             "block by block parses slower than pandas' C parser reading the whole file, the limit's "

@@ -11,7 +11,7 @@ from pathlib import Path
 from local_mode import summary
 from local_mode.job import RUNS_DIR, JobSpec, parse_channels, resolve_image, sample_job
 from smkit import console, manifest
-from smkit.errors import ConfigError, ToolkitError
+from smkit.errors import ConfigError
 
 EXAMPLES = """\
 examples:
@@ -236,11 +236,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except ToolkitError as exc:
-        console.err.print(f"[red]error:[/] {exc.what}\n  [bold]fix:[/] {exc.fix}")
-        return 2
+    # 2: the run could not start (bad input, no image); a job that ran and failed exits 1.
+    return console.run_command(lambda: args.func(args), error_exit=2)
 
 
 if __name__ == "__main__":

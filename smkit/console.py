@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 from rich.console import Console
+
+from smkit.errors import ToolkitError
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
@@ -18,3 +22,15 @@ def note(message: str) -> None:
 
 def warn(message: str) -> None:
     err.print(f"[yellow]warning:[/] {message}")
+
+
+def run_command(command: Callable[[], int], error_exit: int | None = None) -> int:
+    """Run a CLI verb: a ToolkitError becomes its `error:`/`fix:` pair and an exit code, never a traceback."""
+    try:
+        return command()
+    except ToolkitError as exc:
+        err.print(f"[red]error:[/] {exc.what}\n  [bold]fix:[/] {exc.fix}")
+        return exc.exit_code if error_exit is None else error_exit
+    except KeyboardInterrupt:
+        err.print("[red]interrupted[/]")
+        return 130

@@ -108,3 +108,41 @@ def test_an_expired_token_fails_at_once_with_the_fix(image, server):
     denied = [entry for entry in proxy.log if entry[2] == 403]
     assert denied and len({path for _, path, _ in denied}) <= 2  # one attempt (a request per layer), no retries
     assert server.manifest_digest(REPOSITORY, "v1") is None
+
+
+def test_make_registry_serves_pushes_and_keeps_its_data(image, tmp_path):
+    """`make registry` (tools/local-registry.sh): the README's way to try a push without an AWS account."""
+    import subprocess
+    import urllib.request
+
+    from tests.servers import free_port
+
+    port = free_port()
+    env = dict(os.environ, PORT=str(port), SMKIT_REGISTRY_DIR=str(tmp_path / "registry"))
+    script = [str(Path(__file__).resolve().parent.parent / "tools" / "local-registry.sh")]
+
+    def call(verb: str) -> subprocess.CompletedProcess:
+        return subprocess.run(script + [verb], env=env, capture_output=True, text=True, timeout=60)
+
+    started = call("start")
+    assert started.returncode == 0, started.stderr
+    assert f"REGISTRY=127.0.0.1:{port}/smkit" in started.stdout
+    try:
+        assert "already running" in call("start").stdout
+        pushed = registry.push(image, registry.Target(kind="oci", registry=f"127.0.0.1:{port}", repository="smkit/app"),
+                               "v1", retries=0, show_progress=False)
+        assert pushed.layers_pushed == 2
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/smkit/app/tags/list", timeout=5) as answer:
+            assert json.load(answer)["tags"] == ["v1"]
+    finally:
+        stopped = call("stop")
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout
+    assert call("status").returncode == 1
+    # The data outlives the server: a restart serves the same image, and a push finds it there.
+    assert call("start").returncode == 0
+    try:
+        again = registry.push(image, registry.Target(kind="oci", registry=f"127.0.0.1:{port}", repository="smkit/app"),
+                              "v1", retries=0, show_progress=False)
+        assert again.skipped and again.digest == pushed.digest
+    finally:
+        call("stop")
