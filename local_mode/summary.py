@@ -2,32 +2,34 @@
 
 from __future__ import annotations
 
-from rich.table import Table
+from rich.markup import escape
 
 from smkit import console
 
 
 def show(result) -> None:
-    """Print a JobResult (local or cloud) as a short table on stdout."""
+    """Print a JobResult (local or cloud) as short aligned lines on stdout."""
     colour = "green" if result.ok else "red"
-    table = Table(show_header=False, box=None, pad_edge=False)
-    table.add_column(style="bold")
-    table.add_column(overflow="fold")
-    table.add_row("job", f"{result.job_name} ({result.mode}" + (f", SDK {result.sdk}" if result.sdk else "") + ")")
-    table.add_row("status", f"[{colour}]{result.status}[/]")
-    table.add_row("image", result.image)
-    table.add_row("instances", str(result.instance_count))
-    table.add_row("wall time", f"{result.wall_seconds:.1f}s")
-    for name, value in sorted(result.metrics.items()):
-        table.add_row(name, f"{value:.6g}")
+    # Plain aligned lines, not a rich Table: a table folds long values at the terminal width (80 columns
+    # when piped), and a path cut in two cannot be copied. Values are escaped: a failure reason may hold [brackets].
+    rows: list[tuple[str, str]] = [
+        ("job", escape(f"{result.job_name} ({result.mode}" + (f", SDK {result.sdk}" if result.sdk else "") + ")")),
+        ("status", f"[{colour}]{escape(result.status)}[/]"),
+        ("image", escape(result.image)),
+        ("instances", str(result.instance_count)),
+        ("wall time", f"{result.wall_seconds:.1f}s"),
+    ]
+    rows += [(escape(name), f"{value:.6g}") for name, value in sorted(result.metrics.items())]
     if result.model_artifact:
-        table.add_row("model", result.model_artifact)
+        rows.append(("model", escape(result.model_artifact)))
     if result.output_artifact:
-        table.add_row("output", result.output_artifact)
+        rows.append(("output", escape(result.output_artifact)))
     if result.failure_reason:
-        table.add_row("failure", f"[red]{result.failure_reason}[/]")
+        rows.append(("failure", f"[red]{escape(result.failure_reason)}[/]"))
     elif result.error and not result.ok:
-        table.add_row("error", f"[red]{result.error}[/]")
+        rows.append(("error", f"[red]{escape(str(result.error))}[/]"))
     if result.log_path:
-        table.add_row("log", result.log_path)
-    console.out.print(table)
+        rows.append(("log", escape(str(result.log_path))))
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        console.out.print(f"[bold]{name:<{width}}[/]  {value}", soft_wrap=True)

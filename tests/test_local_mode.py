@@ -27,7 +27,7 @@ SDK3_PYTHON = REPO / ".venv-sdk3" / "bin" / "python"
 def cli(*args: str, python: str = sys.executable, env: dict | None = None, wrap: list[str] | None = None, timeout: int = 600):
     command = [*(wrap or []), python, "-m", "local_mode", *args]
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ, COLUMNS="200", **(env or {})))
+                          env={**os.environ, "COLUMNS": "200", **(env or {})})
 
 
 def leftover_containers(docker_client, run_dir: Path) -> list:
@@ -50,7 +50,8 @@ def test_metrics_are_parsed_from_compose_prefixed_lines():
 def test_cli_local_run_summary_matches_the_files(sdk, tiny_image, tmp_path, docker_client):
     python = sys.executable if sdk == "v2" else str(SDK3_PYTHON)
     proc = cli("run", "--image", tiny_image, "--channel", f"train={SAMPLE / 'train'}", "--hp", "num_round=7",
-               "--sdk", sdk, "--runs-dir", str(tmp_path), "--quiet", python=python)
+               "--sdk", sdk, "--runs-dir", str(tmp_path), "--quiet", python=python,
+               env={"COLUMNS": "60"})  # narrow: the artifact paths must still print whole, to be copied
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (run_dir,) = list(tmp_path.iterdir())
     summary = json.loads((run_dir / "summary.json").read_text())
