@@ -34,7 +34,45 @@ for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
 def docker_client():
     from smkit import engine
 
-    return engine.client()
+    client = engine.client()
+    before, known = _tags(client), {image.id for image in client.images.list()}
+    yield client
+    _restore_tags(client, before, known)
+
+
+# Kept between runs on purpose: the cached offline bases (rebuilt only when their inputs change).
+_CACHED = ("smkit/standin-", "smkit/python-debian")
+
+
+def _tags(client) -> dict[str, str]:
+    return {tag: image.id for image in client.images.list() for tag in image.tags}
+
+
+def _restore_tags(client, before: dict[str, str], known: set[str]) -> None:
+    """Leave the engine's tags as the session found them: the images the tests built and pushed are
+    untagged (their layers stay as build cache: noprune), and a tag a test moved (`latest`) points back
+    at the user's image. Without this every `make test` would leave dozens of tags behind."""
+    import docker
+
+    for tag, image_id in _tags(client).items():
+        if tag.startswith(_CACHED) or before.get(tag) == image_id:
+            continue
+        try:
+            if tag in before:
+                repository, _, name = tag.rpartition(":")
+                client.images.get(before[tag]).tag(repository, name)
+            else:
+                client.images.remove(tag, noprune=True)
+        except docker.errors.APIError:
+            pass  # in use by a container, or the user's image is gone: leave it
+    # One pass: each removal (noprune) exposes the untagged parent below it, and what is exposed stays:
+    # the build cache (dependency layers) the next run starts from.
+    for image in client.images.list(filters={"dangling": True}):
+        if image.id not in known:
+            try:
+                client.images.remove(image.id, noprune=True)
+            except docker.errors.APIError:
+                pass
 
 
 @pytest.fixture(scope="session")
