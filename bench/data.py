@@ -25,6 +25,13 @@ def _done(directory: Path) -> dict | None:
     return json.loads(marker.read_text()) if marker.exists() else None
 
 
+def _fresh(directory: Path) -> float:
+    """An empty directory for a data set being generated (a half-written one from an interrupted run goes)."""
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    return time.monotonic()
+
+
 def _chunks(rows: int, features: int, classes: int = 2, seed: int = SEED):
     """(X float32 [n, features] rounded to 3 decimals, y float32) chunks: a noisy nonlinear rule."""
     weights = np.random.default_rng(seed).standard_normal(features).astype(np.float32) * (
@@ -55,9 +62,7 @@ def tabular(data_dir: Path, rows: int, fmt: str, features: int = FEATURES, files
     directory = data_dir / name
     if _done(directory):
         return directory
-    started = time.monotonic()
-    shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir(parents=True)
+    started = _fresh(directory)
     names = ["label"] + [f"f{i}" for i in range(features)]
     per_file = -(-rows // files)
     writers: dict[int, object] = {}
@@ -101,9 +106,7 @@ def npz(data_dir: Path, rows: int, features: int = FEATURES, classes: int = 10) 
     directory = data_dir / name
     if _done(directory):
         return directory
-    started = time.monotonic()
-    shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir(parents=True)
+    started = _fresh(directory)
     Xs, ys = [], []
     for X, y in _chunks(rows, features, classes=classes, seed=SEED + 1):
         Xs.append(X)
