@@ -120,6 +120,7 @@ def test_make_registry_serves_pushes_and_keeps_its_data(image, tmp_path):
     port = free_port()
     env = dict(os.environ, PORT=str(port), SMKIT_REGISTRY_DIR=str(tmp_path / "registry"))
     script = [str(Path(__file__).resolve().parent.parent / "tools" / "local-registry.sh")]
+    local = registry.Target(kind="oci", registry=f"127.0.0.1:{port}", repository="smkit/app")
 
     def call(verb: str) -> subprocess.CompletedProcess:
         return subprocess.run(script + [verb], env=env, capture_output=True, text=True, timeout=60)
@@ -129,8 +130,7 @@ def test_make_registry_serves_pushes_and_keeps_its_data(image, tmp_path):
     assert f"REGISTRY=127.0.0.1:{port}/smkit" in started.stdout
     try:
         assert "already running" in call("start").stdout
-        pushed = registry.push(image, registry.Target(kind="oci", registry=f"127.0.0.1:{port}", repository="smkit/app"),
-                               "v1", retries=0, show_progress=False)
+        pushed = registry.push(image, local, "v1", retries=0, show_progress=False)
         assert pushed.layers_pushed == 2
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/smkit/app/tags/list", timeout=5) as answer:
             assert json.load(answer)["tags"] == ["v1"]
@@ -141,8 +141,7 @@ def test_make_registry_serves_pushes_and_keeps_its_data(image, tmp_path):
     # The data outlives the server: a restart serves the same image, and a push finds it there.
     assert call("start").returncode == 0
     try:
-        again = registry.push(image, registry.Target(kind="oci", registry=f"127.0.0.1:{port}", repository="smkit/app"),
-                              "v1", retries=0, show_progress=False)
+        again = registry.push(image, local, "v1", retries=0, show_progress=False)
         assert again.skipped and again.digest == pushed.digest
     finally:
         call("stop")

@@ -40,7 +40,8 @@ EOF
     setsid nohup docker-registry serve "$root/config.yml" >>"$root/registry.log" 2>&1 </dev/null &
     echo $! >"$pidfile"
     for _ in $(seq 1 50); do
-      if curl -fsS -o /dev/null "$url" 2>/dev/null || python3 -c "import urllib.request; urllib.request.urlopen('$url', timeout=1)" 2>/dev/null; then
+      # python3, not curl: a fresh Debian machine has the one (make needs it anyway) but not always the other.
+      if python3 -c "import urllib.request; urllib.request.urlopen('$url', timeout=1)" 2>/dev/null; then
         echo "==> registry running at 127.0.0.1:$port (data in $root; stop with \`make registry-stop\`)"
         echo "    push to it: make build push BASE=local REGISTRY=127.0.0.1:$port/smkit"
         exit 0
