@@ -8,7 +8,7 @@
 # Variables (all optional):
 #   IMAGE=xgboost|pytorch   one image instead of all        BASE=aws|local|URI   base image (default aws)
 #   REGION=us-east-1        AWS region                      TAG=name             extra moving tag (e.g. latest)
-#   REGISTRY=host:port/ns   push to an OCI registry instead of ECR (`make registry` starts one on 127.0.0.1:5000)
+#   REGISTRY=host:port/ns   push to an OCI registry instead of ECR (`make registry [PORT=5000]` starts one on loopback)
 #   PROCESSOR=cpu|gpu       base image variant              ARGS="..."           more build.py / local_mode options
 
 SHELL := /bin/bash
