@@ -160,8 +160,8 @@ def test_cloud_submission_sends_the_same_job(sdk, moto, tmp_path):
         key_prefix = uri.replace("s3://smkit-data/", "")
         uploaded = [o["Key"] for o in s3.list_objects_v2(Bucket="smkit-data", Prefix=key_prefix)["Contents"]]
         assert [k.rsplit("/", 1)[1] for k in uploaded] == [f"{name}.csv"]
-    if sdk == "v2":
-        assert channels["train"]["ContentType"] == "text/csv"
+    # Both SDKs must carry --content-type into the request (v3 once dropped it silently).
+    assert channels["train"]["ContentType"] == "text/csv"
     assert request["OutputDataConfig"]["S3OutputPath"] == "s3://smkit-data/out"
     assert request["ResourceConfig"]["InstanceType"] == "ml.m5.2xlarge"
     assert request["ResourceConfig"]["InstanceCount"] == 2
