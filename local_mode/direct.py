@@ -168,7 +168,7 @@ class DirectJob:
             if len(self.hosts) > 1 or self.network:
                 self.network_name = f"smkit-{self.spec.job_name}"
                 client.networks.create(self.network_name, driver="bridge", internal=not self.network, labels=self.labels)
-            environment = contract.environment(self.spec, self.spec.region or "us-east-1")
+            environment = contract.environment(self.spec, self.spec.region or "us-east-1", self.dialect)
             for host in self.hosts:
                 options: dict[str, Any] = dict(
                     image=self.spec.image, command=self.command, name=f"smkit-{self.spec.job_name}-{host}",
