@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -102,6 +103,8 @@ def run_v3(spec: JobSpec, work: Path, output: Path) -> dict:
 
 
 def main(run_dir: str) -> int:
+    # The runner stops a job with SIGINT: KeyboardInterrupt here even if this process inherited SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     run = Path(run_dir)
     spec = JobSpec.from_json((run / "spec.json").read_text())
     # docker compose names its project after this directory: unique per job, so concurrent runs never share containers.
