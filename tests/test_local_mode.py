@@ -14,7 +14,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from local_mode import Channel, JobSpec, run, run_local
+from local_mode import Channel, JobSpec, run
 from local_mode.artifacts import parse_metrics
 from local_mode.cleanup import RUN_DIR_LABEL
 from local_mode.runner import COMPOSE_DIR_LABEL
@@ -139,7 +139,7 @@ def test_timeout_stops_the_job_and_its_containers(backend, tiny_image, tmp_path,
 
 def test_two_hosts_get_distinct_sorted_host_names(tiny_image, tmp_path):
     spec = JobSpec(image=tiny_image, channels=[Channel("train", str(SAMPLE / "train"))], instance_count=2)
-    result = run_local(spec, runs_dir=tmp_path, stream=False, timeout=300)
+    result = run(spec, "sdk", runs_dir=tmp_path, stream=False, timeout=300)
     assert result.ok, result.log()[-2000:]
     lines = [line.split("tiny: ", 1)[1] for line in result.log().splitlines() if "tiny: host " in line]
     assert len(lines) == 2
