@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -52,6 +53,8 @@ def run_v2(spec: JobSpec, work: Path, output: Path) -> dict:
         status, error = "Completed", None
     except Exception as exc:  # the SDK raises RuntimeError("Failed to run: ...") on a non-zero exit
         status, error = "Failed", f"{type(exc).__name__}: {exc}"
+    except KeyboardInterrupt:  # the runner stopping the job (SIGINT); the SDK has packaged what there was
+        status, error = "Stopped", "interrupted"
     return {
         "status": status,
         "error": error,
@@ -76,7 +79,7 @@ def run_v3(spec: JobSpec, work: Path, output: Path) -> dict:
         role=spec.role,
         base_job_name=spec.job_name.rsplit("-", 3)[0] or "job",
     )
-    # content_type only when set: v3's InputData refuses None.
+    # content_type only when set: InputData refuses None.
     channels = [InputData(channel_name=c.name, data_source=str(Path(c.source).resolve()),
                           **({"content_type": c.content_type} if c.content_type else {}))
                 for c in spec.channels]
@@ -85,6 +88,8 @@ def run_v3(spec: JobSpec, work: Path, output: Path) -> dict:
         status, error = "Completed", None
     except Exception as exc:
         status, error = "Failed", f"{type(exc).__name__}: {exc}"
+    except KeyboardInterrupt:
+        status, error = "Stopped", "interrupted"
     artifacts = work / "compressed_artifacts"
     for name in ("model.tar.gz", "output.tar.gz"):
         if (artifacts / name).exists():
@@ -98,6 +103,8 @@ def run_v3(spec: JobSpec, work: Path, output: Path) -> dict:
 
 
 def main(run_dir: str) -> int:
+    # The runner stops a job with SIGINT: KeyboardInterrupt here even if this process inherited SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     run = Path(run_dir)
     spec = JobSpec.from_json((run / "spec.json").read_text())
     # docker compose names its project after this directory: unique per job, so concurrent runs never share containers.
@@ -114,6 +121,8 @@ def main(run_dir: str) -> int:
         except Exception as exc:  # a failure of the SDK itself, before any container ran
             traceback.print_exc()
             result = {"status": "Failed", "error": f"{type(exc).__name__}: {exc}"}
+        except KeyboardInterrupt:  # stopped before the SDK started the containers
+            result = {"status": "Stopped", "error": "interrupted"}
     result.update(sdk=f"v{major}", sdk_version=sdk_version())
     (run / "driver-result.json").write_text(json.dumps(result, indent=2))
     return 0 if result["status"] == "Completed" else 1
