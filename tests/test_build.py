@@ -268,3 +268,62 @@ def test_tags_and_labels_follow_git(project, docker_client):
     (project / "train_scripts" / "xgboost" / "train.py").write_text("print('version 1')\n")
     run_build(project, "build", "--image", "xgboost", "--base", "local")
     assert manifest_entry(project)["tag"] == clean["tag"]
+
+
+def _containers_started(docker_client, since: float, until: float) -> list[str]:
+    """Ids of the images that containers were started from in [since, until] (engine events, every client)."""
+    events = docker_client.events(since=int(since) - 1, until=int(until) + 2, decode=True,
+                                  filters={"type": "container", "event": "start"})
+    return [e["Actor"]["Attributes"].get("image", "").removeprefix("sha256:") for e in events]
+
+
+def _build_watched(project, docker_client) -> tuple[dict, dict, set[str], list[str]]:
+    """Build xgboost; (manifest entry, labels, the ids of the image's layers-chain, images containers started from)."""
+    import time
+
+    started = time.time()
+    run_build(project, "build", "--image", "xgboost", "--base", "local")
+    ended = time.time()
+    entry = manifest_entry(project)
+    image = docker_client.images.get(entry["local_ref"])
+    chain = {h["Id"].removeprefix("sha256:") for h in image.history() if h["Id"] != "<missing>"}
+    return entry, image.labels, chain, _containers_started(docker_client, started, ended)
+
+
+def test_script_only_rebuild_reuses_pip_freeze_and_starts_no_container(project, docker_client):
+    import uuid
+
+    # Inputs of this run only: no build may find its image already made (by an earlier run of this test).
+    run = uuid.uuid4().hex[:12]
+    script = project / "train_scripts" / "xgboost" / "train.py"
+    script.write_text(f"print('version 1')  # {run}\n")
+    first, first_labels, _, _ = _build_watched(project, docker_client)
+    assert first["freeze_reused_from"] is None and "xgboost==3.0.5" in first_labels["io.smkit.pip-freeze"]
+
+    script.write_text(f"print('version 2')  # {run}\n")
+    second, labels, chain, started = _build_watched(project, docker_client)
+    # Nothing ran in a container for this image: neither a RUN step (all cached) nor `pip freeze`.
+    assert chain & set(started) == set(), started
+    assert second["freeze_reused_from"] == first["local_ref"]
+    assert labels["io.smkit.pip-freeze"] == first_labels["io.smkit.pip-freeze"]
+    assert labels["io.smkit.deps-sha256"] == first_labels["io.smkit.deps-sha256"] == second["deps_sha256"]
+    assert labels["io.smkit.scripts-sha256"] == second["scripts_sha256"] != first["scripts_sha256"]
+    assert labels["io.smkit.inputs-sha256"] == second["inputs_sha256"] != first["inputs_sha256"]
+    assert labels["org.opencontainers.image.base.name"] == first_labels["org.opencontainers.image.base.name"]
+    # The same image a full build makes: the deps layers shared, the scripts layer new, the code in place.
+    assert second["layers"][:-1] == first["layers"][:-1] and second["layers"][-1] != first["layers"][-1]
+    code = docker_client.containers.run(second["local_ref"], ["-c", "ls -A /opt/ml/code; cat /opt/ml/code/train.py"],
+                                        entrypoint=["sh"], remove=True, network_disabled=True).decode().split()
+    assert code == ["sm_contract.py", "train.py", "print('version", "2')", "#", run]  # nothing of the one-pass build leaked in
+
+    # An edit of the requirements changes what pip sees: pip freeze runs again, in a container of the built image.
+    requirements = project / "containers" / "xgboost" / "requirements.txt"
+    requirements.write_text(requirements.read_text() + f"# an edit {run}\n")
+    third, third_labels, chain, started = _build_watched(project, docker_client)
+    assert third["freeze_reused_from"] is None
+    assert third_labels["io.smkit.deps-sha256"] == third["deps_sha256"] != second["deps_sha256"]
+    assert "xgboost==3.0.5" in third_labels["io.smkit.pip-freeze"].splitlines()
+    history = docker_client.images.get(third["local_ref"]).history()
+    label_step = next(i for i, h in enumerate(history) if "ARG SMKIT_LABEL_0" in h["CreatedBy"])
+    built = history[label_step + 1]["Id"].removeprefix("sha256:")  # the image the label pass started from
+    assert built in started, (built, started)  # the pip freeze container
