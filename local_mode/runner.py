@@ -21,7 +21,7 @@ from pathlib import Path
 
 import docker.errors
 
-from local_mode import artifacts
+from local_mode import artifacts, curves
 from local_mode.job import LOCAL_INSTANCE_TYPES, RUNS_DIR, JobSpec, job_name_for
 from local_mode.sdk import local_environment
 from smkit import bases, console, engine
@@ -188,6 +188,7 @@ def run_local(
         driver_result = json.loads(result_file.read_text())
     log_text = log_path.read_text(errors="replace")
     metrics, history = artifacts.parse_metrics(log_text)
+    curve_files = curves.record(history, run_dir)
     model = Path(driver_result.get("model_artifact") or run_dir / "output" / "model.tar.gz")
     output = Path(driver_result.get("output_artifact") or run_dir / "output" / "output.tar.gz")
     status = status_override or driver_result.get("status") or "Failed"
@@ -206,7 +207,7 @@ def run_local(
         output_artifact=str(output) if output.exists() else None,
         run_dir=str(run_dir),
         log_path=str(log_path),
-        extra={"sdk_version": driver_result.get("sdk_version"), "metric_lines": len(history)},
+        extra={"sdk_version": driver_result.get("sdk_version"), "metric_lines": len(history), **curve_files},
     )
     (run_dir / "summary.json").write_text(json.dumps(asdict(result), indent=2, sort_keys=True))
     if not keep_work:
