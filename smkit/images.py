@@ -1,10 +1,10 @@
 """Build one image of images.toml: resolve and fetch its base, assemble its context, build, label, tag.
 
-The build runs in two passes. The first is the image's own Dockerfile. The second adds only labels
-(OCI labels for the git commit and the base digest, plus the build-input hash, the script hash and the
-`pip freeze` of the result, which can only be read from the built image). Both passes are cached by
-the engine, so rebuilding unchanged inputs yields the same image id, and a changed script rebuilds
-only its layer. After a script-only edit one pass does it all, reusing the previous pip freeze
+The build runs the image's own Dockerfile, then commits the result once more with its labels (OCI labels
+for the git commit and the base digest, plus the build-input hash, the script hash and the `pip freeze` of
+the result, which can only be read from the built image). Unchanged inputs find their image by its tag
+and label and build nothing; the build is cached by the engine, so a changed script rebuilds only its
+layer. After a script-only edit no container runs: the previous build's pip freeze is reused
 (smkit/label_pass.py says when that is safe).
 """
 
@@ -171,31 +171,22 @@ def _reusable_freeze_or_none(spec: ImageSpec, deps: str, ctx: BuildContext) -> l
 
 def _build_labelled(spec: ImageSpec, ctx: BuildContext, buildargs: dict[str, str], ref: str, labels, deps: str,
                     verbose: bool) -> tuple[str, str | None]:
-    """Build `ctx` and put the labels on; returns (image id, the build whose pip freeze was reused or None).
-
-    After a script-only edit: one pass, the labels in the same build, the previous pip freeze. Otherwise
-    (or when the layers below the scripts turn out rebuilt): the build, a `pip freeze` container, a label pass."""
+    """Build `ctx`, read its pip freeze, label it as `ref`; returns (image id, the build whose pip freeze was
+    reused, or None). After a script-only edit the previous build's freeze is reused and no container runs."""
     previous = label_pass.reusable_freeze(spec.name, deps, ctx, spec.dockerfile, spec.scripts)
+    built = builder.build(ctx, dockerfile=spec.dockerfile, buildargs=buildargs, title=spec.name, verbose=verbose)
+    started = time.monotonic()
     if previous is not None:
-        one_ctx, label_args = label_pass.one_pass_context(ctx, spec.dockerfile, labels(freeze=previous.freeze))
-        one = builder.build(one_ctx, dockerfile=label_pass.LABELLED_DOCKERFILE, buildargs={**buildargs, **label_args},
-                            tag=ref, title=spec.name, verbose=verbose)
-        layers = engine.client().images.get(one.image_id).attrs.get("RootFS", {}).get("Layers", [])
-        if label_pass.same_deps_layers(previous, layers):
-            console.note(f"built {ref} in {one.seconds:.1f}s ({one.cached_steps}/{one.steps} steps from cache; "
-                         f"only scripts changed: pip freeze reused from {previous.ref})")
-            return one.image_id, previous.ref
-        console.note("the layers below the scripts were rebuilt: reading pip freeze again")
-        first = one
-    else:
-        first = builder.build(ctx, dockerfile=spec.dockerfile, buildargs=buildargs, title=spec.name, verbose=verbose)
-    freeze = _pip_freeze(first.image_id)
-    label_ctx, label_args = label_pass.label_pass_context(PROJECT, first.image_id, labels(freeze=freeze))
-    second = builder.build(label_ctx, dockerfile="Dockerfile", buildargs=label_args, tag=ref,
-                           title=f"{spec.name} labels", verbose=verbose)
-    console.note(f"built {ref} in {first.seconds + second.seconds:.0f}s "
-                 f"({first.cached_steps}/{first.steps} steps from cache)")
-    return second.image_id, None
+        layers = engine.client().images.get(built.image_id).attrs.get("RootFS", {}).get("Layers", [])
+        if not label_pass.same_deps_layers(previous, layers):
+            console.note("the layers below the scripts were rebuilt: reading pip freeze again")
+            previous = None
+    freeze = previous.freeze if previous is not None else _pip_freeze(built.image_id)
+    image_id = label_pass.apply_labels(built.image_id, labels(freeze=freeze), ref)
+    reused = f"; only scripts changed: pip freeze reused from {previous.ref}" if previous is not None else ""
+    console.note(f"built {ref} in {built.seconds + time.monotonic() - started:.1f}s "
+                 f"({built.cached_steps}/{built.steps} steps from cache{reused})")
+    return image_id, previous.ref if previous is not None else None
 
 
 def build_image(
@@ -246,11 +237,10 @@ def build_image(
             f"--build-arg BASE_IMAGE={base.uri} (context: {files} files, {ctx.size / 1024:.0f} KiB, inputs {inputs[:12]})")
         previous = _reusable_freeze_or_none(spec, deps, ctx)
         if previous is not None:
-            say(f"  3. (only scripts changed since {previous.ref}: its pip freeze is reused, no container runs)")
-            say(f"  4. the labels go on in the same build (git commit, base digest, inputs/scripts/deps hashes, pip freeze) -t {ref}")
+            say(f"  3. no pip freeze container: only scripts changed since {previous.ref}, its pip freeze is reused")
         else:
             say(f"  3. docker run --rm --network none <image> python3 -m pip freeze (for the pip-freeze label)")
-            say(f"  4. docker build (labels: git commit, base digest, inputs/scripts/deps hashes, pip freeze) -t {ref}")
+        say(f"  4. docker commit (labels: git commit, base digest, inputs/scripts/deps hashes, pip freeze) -t {ref}")
         for extra in moving:
             say(f"  5. docker tag {ref} {spec.repository}:{extra}")
         say(f"  -  check the image is {builder.PLATFORM}; record it in build/images.json")

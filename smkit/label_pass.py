@@ -1,12 +1,12 @@
 """The labels of a build, and when a rebuild may reuse the previous build's `pip freeze` instead of reading it again.
 
-A full build runs the image's Dockerfile, starts a container for `pip freeze` (only the built image can
-say what it holds) and adds the labels in a second, label-only pass. After an edit of the training
-scripts alone that is wasted work: what pip sees lives in the layers below the scripts, and those are
-the same when the "deps inputs" are: every build input that is not a script (the Dockerfile and its
-directory, the requirements, the CA bundle) plus the base image id. So the previous build's labels carry
-that digest (io.smkit.deps-sha256), and a rebuild with the same digest puts its labels on in the same
-build, with the previous pip freeze, and starts no container.
+A build runs the image's Dockerfile, starts a container for `pip freeze` (only the built image can say
+what it holds) and commits the image again with its labels (apply_labels). After an edit of the training
+scripts alone the freeze container is wasted work: what pip sees lives in the layers below the scripts,
+and those are the same when the "deps inputs" are: every build input that is not a script (the
+Dockerfile and its directory, the requirements, the CA bundle) plus the base image id. So each build's
+labels carry that digest (io.smkit.deps-sha256), and a rebuild with the same digest as the previous
+build of the image takes that build's pip freeze and starts no container.
 
 It is reused only when nothing can have run on the new scripts: the Dockerfile copies the scripts last
 (no RUN or FROM after the first COPY/ADD of a script path), and after the build the layers below the
@@ -30,10 +30,6 @@ from smkit.context import BuildContext
 LABEL_PREFIX = "io.smkit"
 DEPS_LABEL = f"{LABEL_PREFIX}.deps-sha256"
 FREEZE_LABEL = f"{LABEL_PREFIX}.pip-freeze"
-# The one-pass build's Dockerfile (the image's own plus the labels) rides in the context under this name,
-# with a .dockerignore that names it and itself: the engine then drops both before any COPY sees the
-# context, so `COPY . ...` copies exactly what the plain build copies and its layer comes from the cache.
-LABELLED_DOCKERFILE = ".smkit-labelled.Dockerfile"
 GLOB = re.compile(r"[*?\[]")
 
 
@@ -136,8 +132,8 @@ class Previous:
 def reusable_freeze(name: str, deps: str, ctx: BuildContext, dockerfile: str, scripts) -> Previous | None:
     """The previous build of `name` (build/images.json) if its deps digest is `deps`, its image is still in
     the engine with a pip-freeze label, and the Dockerfile copies the scripts last."""
-    if ".dockerignore" in ctx.files or dockerfile not in ctx.files:
-        return None  # the one-pass build needs its own .dockerignore in the context, and the Dockerfile's text
+    if dockerfile not in ctx.files:
+        return None  # a Dockerfile from elsewhere: what it does with the scripts is unknown here
     tail = scripts_tail(ctx.files[dockerfile].decode(errors="replace"), scripts)
     if tail is None:
         return None
@@ -161,31 +157,22 @@ def same_deps_layers(previous: Previous, layers: list[str]) -> bool:
     return len(layers) == len(previous.layers) and keep > 0 and layers[:keep] == previous.layers[:keep]
 
 
-def label_instructions(labels: dict[str, str]) -> tuple[str, dict[str, str]]:
-    """Dockerfile lines that set `labels` in one step, and the build args they read.
+def apply_labels(image_id: str, labels: dict[str, str], ref: str) -> str:
+    """Commit `image_id` under `ref` with `labels` added to its config; returns the new image id.
 
-    Not the API's `labels` option: the engine turns that into one LABEL step (one commit) per label.
-    The values travel as build args, so a pip freeze keeps its newlines and no quoting is needed."""
-    names = {key: f"SMKIT_LABEL_{i}" for i, key in enumerate(sorted(labels))}
-    text = f"ARG {' '.join(names.values())}\nLABEL " + " ".join(f'{key}="${{{arg}}}"' for key, arg in names.items()) + "\n"
-    return text, {arg: labels[key] for key, arg in names.items()}
-
-
-def one_pass_context(ctx: BuildContext, dockerfile: str, labels: dict[str, str]) -> tuple[BuildContext, dict[str, str]]:
-    """A copy of `ctx` whose LABELLED_DOCKERFILE is the image's Dockerfile plus the labels, and the build
-    args those labels need. The image's own files are unchanged, so every other step hits the cache."""
-    text, args = label_instructions(labels)
-    labelled = BuildContext(ctx.root)
-    labelled.files, labelled.modes = dict(ctx.files), dict(ctx.modes)
-    original = ctx.files[dockerfile].decode(errors="replace")
-    labelled.add_bytes(LABELLED_DOCKERFILE, (original.rstrip("\n") + "\n" + text).encode())
-    labelled.add_bytes(".dockerignore", f"{LABELLED_DOCKERFILE}\n.dockerignore\n".encode())
-    return labelled, args
-
-
-def label_pass_context(root, image_id: str, labels: dict[str, str]) -> tuple[BuildContext, dict[str, str]]:
-    """The label-only pass of a full build: FROM the built image, the labels in one step."""
-    text, args = label_instructions(labels)
-    ctx = BuildContext(root)
-    ctx.add_bytes("Dockerfile", f"FROM {image_id}\n{text}".encode())
-    return ctx, args
+    Not a Dockerfile LABEL pass: the engine makes every step of a build (and every label of the API's
+    `labels` option) a commit of its own, and a LABEL value cannot hold the newlines of a pip freeze without
+    an extra ARG step. One commit of an unstarted container adds no layer, keeps the rest of the image's
+    config exactly (it is passed whole), and costs a fraction of a build."""
+    api = engine.client().api
+    config = dict(api.inspect_image(image_id)["Config"])
+    config["Labels"] = {**(config.get("Labels") or {}), **labels}
+    repository, _, tag = ref.rpartition(":")
+    # The command only names the step in `docker history`; the container is never started.
+    container = api.create_container(image_id, entrypoint=["/bin/sh"], command=["-c", "#(nop) LABEL (smkit build)"],
+                                     network_disabled=True)
+    try:
+        committed = api.commit(container["Id"], repository=repository, tag=tag, conf=config)
+    finally:
+        api.remove_container(container["Id"], force=True)
+    return committed["Id"]

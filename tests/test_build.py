@@ -324,6 +324,6 @@ def test_script_only_rebuild_reuses_pip_freeze_and_starts_no_container(project, 
     assert third_labels["io.smkit.deps-sha256"] == third["deps_sha256"] != second["deps_sha256"]
     assert "xgboost==3.0.5" in third_labels["io.smkit.pip-freeze"].splitlines()
     history = docker_client.images.get(third["local_ref"]).history()
-    label_step = next(i for i, h in enumerate(history) if "ARG SMKIT_LABEL_0" in h["CreatedBy"])
-    built = history[label_step + 1]["Id"].removeprefix("sha256:")  # the image the label pass started from
+    assert "LABEL (smkit build)" in history[0]["CreatedBy"]
+    built = history[1]["Id"].removeprefix("sha256:")  # the image the labels were committed onto
     assert built in started, (built, started)  # the pip freeze container

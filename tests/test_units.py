@@ -156,10 +156,3 @@ def test_same_deps_layers_allows_only_the_scripts_layers_to_differ():
     assert not same_deps_layers(previous, ["base", "deps", "extra", "scripts2"])
     assert not same_deps_layers(Previous(ref="r", freeze="a", layers=["scripts"], tail=1), ["scripts2"])
 
-
-def test_label_instructions_keep_values_verbatim():
-    from smkit.label_pass import label_instructions
-
-    text, args = label_instructions({"io.x.b": 'two\nlines "quoted" $HOME \\', "io.x.a": "plain"})
-    assert text == 'ARG SMKIT_LABEL_0 SMKIT_LABEL_1\nLABEL io.x.a="${SMKIT_LABEL_0}" io.x.b="${SMKIT_LABEL_1}"\n'
-    assert args == {"SMKIT_LABEL_0": "plain", "SMKIT_LABEL_1": 'two\nlines "quoted" $HOME \\'}
