@@ -26,6 +26,7 @@ import docker.errors
 
 from smkit import engine, manifest
 from smkit.context import BuildContext
+from smkit.paths import PROJECT
 
 LABEL_PREFIX = "io.smkit"
 DEPS_LABEL = f"{LABEL_PREFIX}.deps-sha256"
@@ -162,17 +163,33 @@ def apply_labels(image_id: str, labels: dict[str, str], ref: str) -> str:
 
     Not a Dockerfile LABEL pass: the engine makes every step of a build (and every label of the API's
     `labels` option) a commit of its own, and a LABEL value cannot hold the newlines of a pip freeze without
-    an extra ARG step. One commit of an unstarted container adds no layer, keeps the rest of the image's
-    config exactly (it is passed whole), and costs a fraction of a build."""
+    an extra ARG step. One commit of an unstarted container adds no layer and costs a fraction of a build.
+    The container is created with nothing overridden: the engine fills what the passed config leaves empty
+    (entrypoint, command) from the container's, which must therefore be the image's own."""
     api = engine.client().api
     config = dict(api.inspect_image(image_id)["Config"])
     config["Labels"] = {**(config.get("Labels") or {}), **labels}
     repository, _, tag = ref.rpartition(":")
-    # The command only names the step in `docker history`; the container is never started.
-    container = api.create_container(image_id, entrypoint=["/bin/sh"], command=["-c", "#(nop) LABEL (smkit build)"],
-                                     network_disabled=True)
+    if not config.get("Entrypoint") and not config.get("Cmd"):
+        return _label_build(image_id, labels, ref)  # no container can be created without a command
+    container = api.create_container(image_id, network_disabled=True)  # never started
     try:
-        committed = api.commit(container["Id"], repository=repository, tag=tag, conf=config)
+        committed = api.commit(container["Id"], repository=repository, tag=tag, conf=config,
+                               message="smkit build: labels (git commit, base digest, input hashes, pip freeze)")
     finally:
         api.remove_container(container["Id"], force=True)
     return committed["Id"]
+
+
+def _label_build(image_id: str, labels: dict[str, str], ref: str) -> str:
+    """The labels by a build `FROM image_id`: one ARG and one LABEL step (the values as build args, so a
+    pip freeze keeps its newlines and nothing needs quoting)."""
+    from smkit import builder
+
+    names = {key: f"SMKIT_LABEL_{i}" for i, key in enumerate(sorted(labels))}
+    ctx = BuildContext(PROJECT)
+    ctx.add_bytes("Dockerfile", (f"FROM {image_id}\nARG {' '.join(names.values())}\nLABEL "
+                                 + " ".join(f'{key}="${{{arg}}}"' for key, arg in names.items()) + "\n").encode())
+    built = builder.build(ctx, dockerfile="Dockerfile", tag=ref, title="labels",
+                          buildargs={arg: labels[key] for key, arg in names.items()})
+    return built.image_id

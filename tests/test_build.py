@@ -324,6 +324,45 @@ def test_script_only_rebuild_reuses_pip_freeze_and_starts_no_container(project, 
     assert third_labels["io.smkit.deps-sha256"] == third["deps_sha256"] != second["deps_sha256"]
     assert "xgboost==3.0.5" in third_labels["io.smkit.pip-freeze"].splitlines()
     history = docker_client.images.get(third["local_ref"]).history()
-    assert "LABEL (smkit build)" in history[0]["CreatedBy"]
     built = history[1]["Id"].removeprefix("sha256:")  # the image the labels were committed onto
     assert built in started, (built, started)  # the pip freeze container
+    for entry in (second, third):
+        # The labels are all the label commit changed: entrypoint, command, environment... are the build's.
+        labelled = docker_client.images.get(entry["local_ref"])
+        unlabelled = docker_client.images.get(labelled.attrs["Parent"])
+        assert {k: v for k, v in labelled.attrs["Config"].items() if k != "Labels"} == \
+            {k: v for k, v in unlabelled.attrs["Config"].items() if k != "Labels"}
+        assert labelled.attrs["Config"]["Entrypoint"] is None and labelled.attrs["Config"]["Cmd"] == ["train"]
+        assert labelled.attrs["RootFS"] == unlabelled.attrs["RootFS"]
+
+
+def test_labels_go_on_an_image_without_entrypoint_or_command(docker_client):
+    """No container can be created from such an image: the labels take a build step instead of a commit."""
+    import io
+    import tarfile
+    import uuid
+
+    from smkit import label_pass
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        info = tarfile.TarInfo("hello.txt")
+        info.size = 5
+        tar.addfile(info, io.BytesIO(b"hello"))
+    repository = f"smkit-test/bare-{uuid.uuid4().hex[:8]}"
+    docker_client.api.import_image_from_data(buffer.getvalue(), repository=repository, tag="base")
+    base = docker_client.images.get(f"{repository}:base")
+    assert not base.attrs["Config"] or not (base.attrs["Config"].get("Cmd") or base.attrs["Config"].get("Entrypoint"))
+    try:
+        image_id = label_pass.apply_labels(base.id, {"io.x.freeze": 'a==1\nb==2 "q" $HOME', "io.x.n": "1"}, f"{repository}:labelled")
+        labelled = docker_client.images.get(f"{repository}:labelled")
+        assert labelled.id == image_id
+        assert labelled.labels == {"io.x.freeze": 'a==1\nb==2 "q" $HOME', "io.x.n": "1"}
+        assert not labelled.attrs["Config"].get("Cmd") and not labelled.attrs["Config"].get("Entrypoint")
+        assert labelled.attrs["RootFS"]["Layers"] == base.attrs["RootFS"]["Layers"]
+    finally:
+        for tag in ("labelled", "base"):
+            try:
+                docker_client.images.remove(f"{repository}:{tag}")
+            except Exception:  # noqa: BLE001 - already gone
+                pass
