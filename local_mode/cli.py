@@ -24,6 +24,7 @@ examples:
   python -m local_mode run --image xgboost --backend cloud --role arn:aws:iam::123456789012:role/SageMaker \\
       --instance-type ml.m5.xlarge --channel train=s3://bucket/train --output-path s3://bucket/out
   python -m local_mode demo                                     # every built image on its sample data
+  python -m local_mode runs --image xgboost                     # past runs, newest first
 """
 
 
@@ -230,6 +231,19 @@ def cmd_clean(args) -> int:
     return 0
 
 
+def cmd_runs(args) -> int:
+    from local_mode import past_runs
+
+    runs = past_runs.find_runs(args.runs_dir, image=args.image)[: args.last]
+    if args.json:
+        console.out.print(past_runs.as_json(runs), markup=False, highlight=False, soft_wrap=True)
+    elif runs:
+        past_runs.show_runs(runs)
+    else:
+        console.note(f"no runs{' of ' + args.image if args.image else ''} in {args.runs_dir}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="python -m local_mode",
@@ -238,7 +252,7 @@ def parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = top.add_subparsers(dest="command", required=True, metavar="{run,demo,clean}")
+    sub = top.add_subparsers(dest="command", required=True, metavar="{run,demo,runs,clean}")
 
     run = sub.add_parser("run", help="run one job: SDK local mode (default), direct through Docker, or in the cloud",
                          epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -296,6 +310,18 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--timeout", type=float)
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(func=cmd_demo)
+
+    runs = sub.add_parser("runs", help="list past local runs, newest first: image, backend, hyperparameters, final metrics, time",
+                          description="List the runs under --runs-dir, newest first, from their spec.json and "
+                                      "summary.json. Each run directory also holds log.txt, metrics.csv and curves.png.",
+                          epilog="examples:\n  python -m local_mode runs\n  python -m local_mode runs --image xgboost --last 5\n"
+                                 "  python -m local_mode runs --json | jq '.[0].metrics'",
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    runs.add_argument("--image", metavar="NAME", help="only runs of this image (images.toml name, reference or repository)")
+    runs.add_argument("--last", type=int, metavar="N", help="only the N newest")
+    runs.add_argument("--json", action="store_true", help="print the runs as JSON (every field, nothing shortened)")
+    runs.add_argument("--runs-dir", default=str(RUNS_DIR), help=f"where the runs are (default {RUNS_DIR})")
+    runs.set_defaults(func=cmd_runs)
 
     clean = sub.add_parser("clean", help="remove local run directories (root-owned files too) and their containers")
     clean.add_argument("--runs-dir", default=str(RUNS_DIR))

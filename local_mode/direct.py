@@ -35,7 +35,7 @@ from typing import Any, Sequence
 
 import docker.errors
 
-from local_mode import artifacts, cleanup, contract, interrupt
+from local_mode import artifacts, cleanup, contract, curves, interrupt
 from local_mode.job import RUNS_DIR, JobSpec, create_run_dir, prepare_local
 from local_mode.result import JobResult
 from smkit import console, engine
@@ -366,6 +366,7 @@ class DirectJob:
             self._log_file.close()
             self._log_file = None
         metrics, history = artifacts.parse_metrics(self.log_path.read_text(errors="replace"))
+        curve_files = curves.record(history, self.run_dir)
         error = None
         if status == "Failed":
             code = self.exit_codes.get(self.first_exit) if self.first_exit else None
@@ -378,7 +379,7 @@ class DirectJob:
             run_dir=str(self.run_dir), log_path=str(self.log_path),
             extra={"contract": self.dialect, "hosts": self.hosts, "exit_codes": self.exit_codes,
                    "oom_killed": any(self.oom_killed.values()), "network": "own" if self.network else (
-                       "internal" if self.network_name else "none"), "metric_lines": len(history)},
+                       "internal" if self.network_name else "none"), "metric_lines": len(history), **curve_files},
         )
         result.save()
         self.cleanup()

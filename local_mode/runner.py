@@ -19,7 +19,7 @@ from pathlib import Path
 
 import docker.errors
 
-from local_mode import artifacts, interrupt
+from local_mode import artifacts, curves, interrupt
 from local_mode.cleanup import remove_tree
 from local_mode.job import RUNS_DIR, JobSpec, create_run_dir, prepare_local
 from local_mode.result import JobResult
@@ -101,6 +101,7 @@ def run_local(
         driver_result = json.loads(result_file.read_text())
     log_text = log_path.read_text(errors="replace")
     metrics, history = artifacts.parse_metrics(log_text)
+    curve_files = curves.record(history, run_dir)
     model = Path(driver_result.get("model_artifact") or run_dir / "output" / "model.tar.gz")
     output = Path(driver_result.get("output_artifact") or run_dir / "output" / "output.tar.gz")
     status = "Stopped" if stopper.reason else driver_result.get("status") or "Failed"
@@ -121,7 +122,7 @@ def run_local(
         output_artifact=str(output) if output.exists() else None,
         run_dir=str(run_dir),
         log_path=str(log_path),
-        extra={"sdk_version": driver_result.get("sdk_version"), "metric_lines": len(history)},
+        extra={"sdk_version": driver_result.get("sdk_version"), "metric_lines": len(history), **curve_files},
     )
     result.save()
     if not keep_work:

@@ -36,6 +36,11 @@ def show(result) -> None:
         rows.append(("error", f"[red]{escape(str(result.error))}[/]"))
     if result.log_path:
         rows.append(("log", escape(str(result.log_path))))
+    extra = result.extra or {}
+    if extra.get("curves"):  # local_mode/curves.py: the learning curves and their numbers
+        rows.append(("curves", escape(extra["curves"])))
+    if extra.get("metrics_csv"):
+        rows.append(("curves data", escape(extra["metrics_csv"])))
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         console.out.print(f"[bold]{name:<{width}}[/]  {value}", soft_wrap=True)

@@ -1,30 +1,36 @@
 """Build one image of images.toml: resolve and fetch its base, assemble its context, build, label, tag.
 
-The build runs in two passes. The first is the image's own Dockerfile. The second adds only labels
-(OCI labels for the git commit and the base digest, plus the build-input hash, the script hash and the
-`pip freeze` of the result, which can only be read from the built image). Both passes are cached by
-the engine, so rebuilding unchanged inputs yields the same image id, and a changed script rebuilds
-only its layer.
+The build runs the image's own Dockerfile, then commits the result once more with its labels (OCI labels
+for the git commit and the base digest, plus the build-input hash, the script hash and the `pip freeze` of
+the result, which can only be read from the built image). Unchanged inputs find their image by its tag
+and label and build nothing; the build is cached by the engine, so a changed script rebuilds only its
+layer. After a script-only edit no container runs: the previous build's pip freeze is reused
+(smkit/label_pass.py says when that is safe).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 import docker.errors
 
-from smkit import bases, builder, console, ecr, engine, manifest, standin, tags
+from smkit import bases, builder, console, engine, label_pass, manifest, standin, tags
 from smkit.catalog import ImageSpec
 from smkit.context import BuildContext, build_ca_bundle
 from smkit.errors import BuildFailed, ToolkitError
 from smkit.paths import PROJECT
 
-LABEL_PREFIX = "io.smkit"
+if TYPE_CHECKING:
+    from smkit import ecr
+
+LABEL_PREFIX = label_pass.LABEL_PREFIX
 
 
 @dataclass
@@ -43,6 +49,8 @@ class BuiltImage:
     layers: list[str]
     moving_tags: list[str] = field(default_factory=list)
     cached: bool = False
+    deps_sha256: str = ""  # the build inputs below the scripts (see smkit/label_pass.py)
+    freeze_reused_from: str | None = None  # the previous build whose pip freeze this one carries
 
     @property
     def ref(self) -> str:
@@ -100,6 +108,8 @@ def ensure_base(base: bases.Base, spec: ImageSpec, dry_run: bool, python_base: s
         account, region = base.ecr
         actions.append(f"ecr get-authorization-token --registry-ids {account} --region {region} (a login for this pull only)")
         if not dry_run:
+            from smkit import ecr  # boto3 is slow to import, and a build on a local or pulled base never needs it
+
             login = ecr.login(region, account)
     actions.append(f"docker pull {base.uri}")
     if not dry_run:
@@ -127,7 +137,8 @@ def _git_source() -> str:
     return re.sub(r"//[^/@]+@", "//", url)
 
 
-def labels_for(spec: ImageSpec, base: bases.Base, base_digest: str, inputs: str, scripts: str, freeze: str) -> dict[str, str]:
+def labels_for(spec: ImageSpec, base: bases.Base, base_digest: str, inputs: str, scripts: str, freeze: str,
+               deps: str) -> dict[str, str]:
     commit = tags.git_commit() or "unknown"
     if tags.dirty_inputs(list(spec.build_inputs)):
         commit += "-dirty"
@@ -141,12 +152,41 @@ def labels_for(spec: ImageSpec, base: bases.Base, base_digest: str, inputs: str,
         f"{LABEL_PREFIX}.base-kind": base.kind,
         f"{LABEL_PREFIX}.inputs-sha256": inputs,
         f"{LABEL_PREFIX}.scripts-sha256": scripts,
-        f"{LABEL_PREFIX}.pip-freeze": freeze,
+        label_pass.DEPS_LABEL: deps,
+        label_pass.FREEZE_LABEL: freeze,
     }
     source = _git_source()
     if source:
         labels["org.opencontainers.image.source"] = source
     return labels
+
+
+def _reusable_freeze_or_none(spec: ImageSpec, deps: str, ctx: BuildContext) -> label_pass.Previous | None:
+    """For --dry-run, which may run without an engine."""
+    try:
+        return label_pass.reusable_freeze(spec.name, deps, ctx, spec.dockerfile, spec.scripts)
+    except ToolkitError:
+        return None
+
+
+def _build_labelled(spec: ImageSpec, ctx: BuildContext, buildargs: dict[str, str], ref: str, labels, deps: str,
+                    verbose: bool) -> tuple[str, str | None]:
+    """Build `ctx`, read its pip freeze, label it as `ref`; returns (image id, the build whose pip freeze was
+    reused, or None). After a script-only edit the previous build's freeze is reused and no container runs."""
+    previous = label_pass.reusable_freeze(spec.name, deps, ctx, spec.dockerfile, spec.scripts)
+    built = builder.build(ctx, dockerfile=spec.dockerfile, buildargs=buildargs, title=spec.name, verbose=verbose)
+    started = time.monotonic()
+    if previous is not None:
+        layers = engine.client().images.get(built.image_id).attrs.get("RootFS", {}).get("Layers", [])
+        if not label_pass.same_deps_layers(previous, layers):
+            console.note("the layers below the scripts were rebuilt: reading pip freeze again")
+            previous = None
+    freeze = previous.freeze if previous is not None else _pip_freeze(built.image_id)
+    image_id = label_pass.apply_labels(built.image_id, labels(freeze=freeze), ref)
+    reused = f"; only scripts changed: pip freeze reused from {previous.ref}" if previous is not None else ""
+    console.note(f"built {ref} in {built.seconds + time.monotonic() - started:.1f}s "
+                 f"({built.cached_steps}/{built.steps} steps from cache{reused})")
+    return image_id, previous.ref if previous is not None else None
 
 
 def build_image(
@@ -187,6 +227,7 @@ def build_image(
     inputs = ctx.digest(f"BASE_IMAGE={base.uri}", f"base={base_id}", f"platform={builder.PLATFORM}")
     tag = tags.content_tag(inputs, list(spec.build_inputs))
     scripts = scripts_digest(ctx, spec)
+    deps = label_pass.deps_digest(ctx, spec.scripts, f"BASE_IMAGE={base.uri}", f"base={base_id}", f"platform={builder.PLATFORM}")
     ref = f"{spec.repository}:{tag}"
     moving = [tags.check_tag(t) for t in moving_tags]
 
@@ -194,14 +235,18 @@ def build_image(
         files = len(ctx.files)
         say(f"  2. docker build --platform {builder.PLATFORM} --network host -f {spec.dockerfile} "
             f"--build-arg BASE_IMAGE={base.uri} (context: {files} files, {ctx.size / 1024:.0f} KiB, inputs {inputs[:12]})")
-        say(f"  3. docker run --rm --network none <image> python3 -m pip freeze (for the pip-freeze label)")
-        say(f"  4. docker build (labels: git commit, base digest, inputs/scripts hashes, pip freeze) -t {ref}")
+        previous = _reusable_freeze_or_none(spec, deps, ctx)
+        if previous is not None:
+            say(f"  3. no pip freeze container: only scripts changed since {previous.ref}, its pip freeze is reused")
+        else:
+            say(f"  3. docker run --rm --network none <image> python3 -m pip freeze (for the pip-freeze label)")
+        say(f"  4. docker commit (labels: git commit, base digest, inputs/scripts/deps hashes, pip freeze) -t {ref}")
         for extra in moving:
             say(f"  5. docker tag {ref} {spec.repository}:{extra}")
         say(f"  -  check the image is {builder.PLATFORM}; record it in build/images.json")
         return None
 
-    existing = None
+    existing, reused_from = None, None
     try:
         existing = client.images.get(ref)
     except docker.errors.ImageNotFound:
@@ -210,17 +255,9 @@ def build_image(
         image_id, cached = existing.id, True
         console.note(f"{ref} is up to date (same inputs); nothing to build")
     else:
-        first = builder.build(ctx, dockerfile=spec.dockerfile, buildargs=buildargs, title=spec.name, verbose=verbose)
-        freeze = _pip_freeze(first.image_id)
-        label_ctx = BuildContext(PROJECT)
-        label_ctx.add_bytes("Dockerfile", f"FROM {first.image_id}\n".encode())
-        second = builder.build(
-            label_ctx, dockerfile="Dockerfile", tag=ref, title=f"{spec.name} labels", verbose=verbose,
-            labels=labels_for(spec, base, base_digest, inputs, scripts, freeze),
-        )
-        image_id, cached = second.image_id, False
-        console.note(f"built {ref} in {first.seconds + second.seconds:.0f}s "
-                     f"({first.cached_steps}/{first.steps} steps from cache)")
+        labels = functools.partial(labels_for, spec, base, base_digest, inputs, scripts, deps=deps)
+        image_id, reused_from = _build_labelled(spec, ctx, buildargs, ref, labels, deps, verbose)
+        cached = False
     builder.check_platform(ref)
     image = client.images.get(ref)
     for extra in moving:
@@ -240,6 +277,8 @@ def build_image(
         layers=list(image.attrs.get("RootFS", {}).get("Layers", [])),
         moving_tags=moving,
         cached=cached,
+        deps_sha256=deps,
+        freeze_reused_from=reused_from,
     )
     record = asdict(built)
     record.update(

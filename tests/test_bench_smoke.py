@@ -128,6 +128,8 @@ def test_startup_sdk_costs_more_than_the_same_container_by_hand(smoke):
 def test_inner_loop_rebuilds_and_the_job_reproduces_plain_python(smoke):
     m = smoke["results"]["inner_loop"]["measurements"]
     assert _positive(m["rebuild"]["median"]) and _positive(m["plain_docker_build"]["median"])
+    # The row measures the rebuild after a script-only edit: the previous pip freeze reused, no container.
+    assert m["rebuilds_reusing_pip_freeze"] == m["rebuild"]["n"]
     assert _positive(m["bare"]["median"])
     assert m["summary"]["v3x1"]["ratio_job_to_bare"] > 1
     assert m["same_validation_metrics"], m["final_metrics"]

@@ -268,3 +268,101 @@ def test_tags_and_labels_follow_git(project, docker_client):
     (project / "train_scripts" / "xgboost" / "train.py").write_text("print('version 1')\n")
     run_build(project, "build", "--image", "xgboost", "--base", "local")
     assert manifest_entry(project)["tag"] == clean["tag"]
+
+
+def _containers_started(docker_client, since: float, until: float) -> list[str]:
+    """Ids of the images that containers were started from in [since, until] (engine events, every client)."""
+    events = docker_client.events(since=int(since) - 1, until=int(until) + 2, decode=True,
+                                  filters={"type": "container", "event": "start"})
+    return [e["Actor"]["Attributes"].get("image", "").removeprefix("sha256:") for e in events]
+
+
+def _build_watched(project, docker_client) -> tuple[dict, dict, set[str], list[str]]:
+    """Build xgboost; (manifest entry, labels, the ids of the image's layers-chain, images containers started from)."""
+    import time
+
+    started = time.time()
+    run_build(project, "build", "--image", "xgboost", "--base", "local")
+    ended = time.time()
+    entry = manifest_entry(project)
+    image = docker_client.images.get(entry["local_ref"])
+    chain = {h["Id"].removeprefix("sha256:") for h in image.history() if h["Id"] != "<missing>"}
+    return entry, image.labels, chain, _containers_started(docker_client, started, ended)
+
+
+def test_script_only_rebuild_reuses_pip_freeze_and_starts_no_container(project, docker_client):
+    import uuid
+
+    # Inputs of this run only: no build may find its image already made (by an earlier run of this test).
+    run = uuid.uuid4().hex[:12]
+    script = project / "train_scripts" / "xgboost" / "train.py"
+    script.write_text(f"print('version 1')  # {run}\n")
+    first, first_labels, _, _ = _build_watched(project, docker_client)
+    assert first["freeze_reused_from"] is None and "xgboost==3.0.5" in first_labels["io.smkit.pip-freeze"]
+
+    script.write_text(f"print('version 2')  # {run}\n")
+    second, labels, chain, started = _build_watched(project, docker_client)
+    # Nothing ran in a container for this image: neither a RUN step (all cached) nor `pip freeze`.
+    assert chain & set(started) == set(), started
+    assert second["freeze_reused_from"] == first["local_ref"]
+    assert labels["io.smkit.pip-freeze"] == first_labels["io.smkit.pip-freeze"]
+    assert labels["io.smkit.deps-sha256"] == first_labels["io.smkit.deps-sha256"] == second["deps_sha256"]
+    assert labels["io.smkit.scripts-sha256"] == second["scripts_sha256"] != first["scripts_sha256"]
+    assert labels["io.smkit.inputs-sha256"] == second["inputs_sha256"] != first["inputs_sha256"]
+    assert labels["org.opencontainers.image.base.name"] == first_labels["org.opencontainers.image.base.name"]
+    # The same image a full build makes: the deps layers shared, the scripts layer new, the code in place.
+    assert second["layers"][:-1] == first["layers"][:-1] and second["layers"][-1] != first["layers"][-1]
+    code = docker_client.containers.run(second["local_ref"], ["-c", "ls -A /opt/ml/code; cat /opt/ml/code/train.py"],
+                                        entrypoint=["sh"], remove=True, network_disabled=True).decode().split()
+    assert code == ["sm_contract.py", "train.py", "print('version", "2')", "#", run]  # nothing of the one-pass build leaked in
+
+    # An edit of the requirements changes what pip sees: pip freeze runs again, in a container of the built image.
+    requirements = project / "containers" / "xgboost" / "requirements.txt"
+    requirements.write_text(requirements.read_text() + f"# an edit {run}\n")
+    third, third_labels, chain, started = _build_watched(project, docker_client)
+    assert third["freeze_reused_from"] is None
+    assert third_labels["io.smkit.deps-sha256"] == third["deps_sha256"] != second["deps_sha256"]
+    assert "xgboost==3.0.5" in third_labels["io.smkit.pip-freeze"].splitlines()
+    history = docker_client.images.get(third["local_ref"]).history()
+    built = history[1]["Id"].removeprefix("sha256:")  # the image the labels were committed onto
+    assert built in started, (built, started)  # the pip freeze container
+    for entry in (second, third):
+        # The labels are all the label commit changed: entrypoint, command, environment... are the build's.
+        labelled = docker_client.images.get(entry["local_ref"])
+        unlabelled = docker_client.images.get(labelled.attrs["Parent"])
+        assert {k: v for k, v in labelled.attrs["Config"].items() if k != "Labels"} == \
+            {k: v for k, v in unlabelled.attrs["Config"].items() if k != "Labels"}
+        assert labelled.attrs["Config"]["Entrypoint"] is None and labelled.attrs["Config"]["Cmd"] == ["train"]
+        assert labelled.attrs["RootFS"] == unlabelled.attrs["RootFS"]
+
+
+def test_labels_go_on_an_image_without_entrypoint_or_command(docker_client):
+    """No container can be created from such an image: the labels take a build step instead of a commit."""
+    import io
+    import tarfile
+    import uuid
+
+    from smkit import label_pass
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        info = tarfile.TarInfo("hello.txt")
+        info.size = 5
+        tar.addfile(info, io.BytesIO(b"hello"))
+    repository = f"smkit-test/bare-{uuid.uuid4().hex[:8]}"
+    docker_client.api.import_image_from_data(buffer.getvalue(), repository=repository, tag="base")
+    base = docker_client.images.get(f"{repository}:base")
+    assert not base.attrs["Config"] or not (base.attrs["Config"].get("Cmd") or base.attrs["Config"].get("Entrypoint"))
+    try:
+        image_id = label_pass.apply_labels(base.id, {"io.x.freeze": 'a==1\nb==2 "q" $HOME', "io.x.n": "1"}, f"{repository}:labelled")
+        labelled = docker_client.images.get(f"{repository}:labelled")
+        assert labelled.id == image_id
+        assert labelled.labels == {"io.x.freeze": 'a==1\nb==2 "q" $HOME', "io.x.n": "1"}
+        assert not labelled.attrs["Config"].get("Cmd") and not labelled.attrs["Config"].get("Entrypoint")
+        assert labelled.attrs["RootFS"]["Layers"] == base.attrs["RootFS"]["Layers"]
+    finally:
+        for tag in ("labelled", "base"):
+            try:
+                docker_client.images.remove(f"{repository}:{tag}")
+            except Exception:  # noqa: BLE001 - already gone
+                pass

@@ -65,8 +65,8 @@ def test_cli_local_run_summary_matches_the_files(sdk, tiny_image, tmp_path, dock
         assert "xgboost-model.ubj" in archive.getnames()
     assert Path(summary["output_artifact"]).exists()
     # Scratch directories (root-owned, written by the containers) and containers are gone.
-    assert sorted(p.name for p in run_dir.iterdir()) == ["driver-result.json", "log.txt", "output", "sagemaker-config.yaml",
-                                                          "spec.json", "summary.json"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["curves.png", "driver-result.json", "log.txt", "metrics.csv", "output",
+                                                          "sagemaker-config.yaml", "spec.json", "summary.json"]
     assert leftover_containers(docker_client, run_dir) == []
 
 

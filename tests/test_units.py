@@ -105,3 +105,54 @@ def test_pytorch_needs_a_python_version(tmp_path):
     body = GOOD.replace('framework = "xgboost"', 'framework = "pytorch"')
     with pytest.raises(ConfigError, match="py_version"):
         catalog.load(write_toml(tmp_path, body))
+
+
+def test_deps_digest_ignores_scripts_and_tracks_everything_else(tmp_path):
+    from smkit import label_pass
+
+    root = tmp_path / "p"
+    for path, text in {"containers/x/Dockerfile": "FROM b\n", "containers/x/requirements.txt": "a==1\n",
+                       "train_scripts/x/train.py": "print(1)\n"}.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text)
+
+    def digest(*extra):
+        ctx = BuildContext(root)
+        for path in ("containers/x", "train_scripts/x"):
+            ctx.add(path)
+        return label_pass.deps_digest(ctx, ["train_scripts/x"], *extra)
+
+    before = digest("base=1")
+    (root / "train_scripts/x/train.py").write_text("print(2)\n")
+    assert digest("base=1") == before
+    assert digest("base=2") != before
+    (root / "containers/x/requirements.txt").write_text("a==2\n")
+    assert digest("base=1") != before
+
+
+@pytest.mark.parametrize("dockerfile, tail", [
+    ("FROM b\nCOPY req.txt /tmp/\nRUN pip install -r /tmp/req.txt\nCOPY train_scripts/x/ /opt/ml/code/\nCMD [\"train\"]\n", 1),
+    ("FROM b\n# scripts\ncopy --chown=1:1 \\\n    train_scripts/common/ train_scripts/x/ /opt/ml/code/\nENV A=1\nCOPY more.txt /m\n", 2),
+    ('FROM b\nCOPY ["train_scripts/x/train.py", "/opt/ml/code/"]\n', 1),
+    ("FROM b\nCOPY train_scripts/ /opt/ml/code/\n", 1),  # a parent of the scripts
+    ("FROM b\nCOPY . /src\n", 1),  # the whole context
+    # Something may run on the scripts (install them, compile them): the freeze must be read again.
+    ("FROM b\nCOPY train_scripts/x/ /opt/ml/code/\nRUN pip install /opt/ml/code\n", None),
+    ("FROM b AS s\nCOPY train_scripts/x/ /c/\nFROM b\nCOPY --from=s /c /opt/ml/code\n", None),
+    ("FROM b\nCOPY other/ /opt/ml/code/\n", None),  # the scripts are not copied at all
+])
+def test_scripts_tail_says_when_nothing_runs_on_the_scripts(dockerfile, tail):
+    from smkit import label_pass
+
+    assert label_pass.scripts_tail(dockerfile, ("train_scripts/common", "train_scripts/x")) == tail
+
+
+def test_same_deps_layers_allows_only_the_scripts_layers_to_differ():
+    from smkit.label_pass import Previous, same_deps_layers
+
+    previous = Previous(ref="r", freeze="a==1", layers=["base", "deps", "scripts"], tail=1)
+    assert same_deps_layers(previous, ["base", "deps", "scripts2"])
+    assert not same_deps_layers(previous, ["base", "deps2", "scripts2"])  # deps rebuilt
+    assert not same_deps_layers(previous, ["base", "deps", "extra", "scripts2"])
+    assert not same_deps_layers(Previous(ref="r", freeze="a", layers=["scripts"], tail=1), ["scripts2"])
+
