@@ -40,6 +40,9 @@ class Attempt:
         self.error: BaseException | None = None
         self._stop_reason: str | None = None
         self._lock = threading.Lock()
+        # An Event, not Thread.join: a signal handler raising inside join() can leave the thread looking
+        # finished while it still runs (CPython), and the watch would end with the containers running.
+        self._done = threading.Event()
         self.thread = threading.Thread(target=self._main, daemon=True, name="watch-run")
         self.thread.start()
 
@@ -54,9 +57,15 @@ class Attempt:
             self.result = run.run(self._timeout)
         except BaseException as exc:  # noqa: BLE001 - reported by the loop, which goes on watching
             self.error = exc
+        finally:
+            self._done.set()
 
     def alive(self) -> bool:
-        return self.thread.is_alive()
+        return not self._done.is_set()
+
+    def wait(self, seconds: float) -> bool:
+        """Whether the run has ended, waiting at most `seconds`."""
+        return self._done.wait(seconds)
 
     def stop(self, reason: str) -> None:
         with self._lock:
@@ -66,14 +75,15 @@ class Attempt:
             run.stop(reason)
 
     def join(self) -> None:
-        self.thread.join()
+        while not self._done.wait(0.2):
+            pass
 
 
 def report(number: int, attempt: Attempt, previous: dict[str, float] | None, previous_number: int | None) -> None:
     if attempt.error is not None:
         error = attempt.error
         text = f"{error.what} ({error.fix})" if isinstance(error, ToolkitError) else f"{type(error).__name__}: {error}"
-        console.err.print(f"[red]watch: run {number} could not start: {text}[/]", highlight=False, markup=False)
+        console.err.print(f"watch: run {number} failed to run: {text}", highlight=False, markup=False)
         return
     result = attempt.result
     if result is None:
@@ -119,7 +129,7 @@ def watch(spec: JobSpec, image_spec: ImageSpec, runs_dir: Path = RUNS_DIR, timeo
                         attempt.stop(RESTART_REASON)
                         restart = True
                         break
-                    attempt.thread.join(POLL_SECONDS)
+                    attempt.wait(POLL_SECONDS)
                 attempt.join()
                 done, attempt = attempt, None
                 report(number, done, previous[1] if previous else None, previous[0] if previous else None)
@@ -137,6 +147,8 @@ def watch(spec: JobSpec, image_spec: ImageSpec, runs_dir: Path = RUNS_DIR, timeo
                 attempt.join()
                 if attempt.result is not None:
                     summary.show(attempt.result)
+                elif attempt.error is not None:
+                    report(number, attempt, None, None)
             console.out.print(f"watch: ended ({why}) after {number} run(s)", highlight=False)
             if isinstance(exc, interrupt.Interrupted) and exc.signame != "SIGINT":
                 return exc.exit_code
