@@ -30,6 +30,7 @@ from local_mode.result import JobResult
 from smkit import catalog, code, console
 from smkit.catalog import ImageSpec
 from smkit.errors import ConfigError
+from smkit.paths import PROJECT
 
 
 def image_spec_for(spec: JobSpec) -> ImageSpec:
@@ -55,14 +56,15 @@ class MountedRun:
     """One direct job with the code mounted; run() in one thread, stop() from any other."""
 
     def __init__(self, spec: JobSpec, image_spec: ImageSpec, runs_dir: Path = RUNS_DIR, stream: bool = True,
-                 keep_work: bool = False, **options):
+                 keep_work: bool = False, root: Path = PROJECT, **options):
+        """`root`: the project whose working tree holds the scripts (default: SMKIT_PROJECT / the checkout)."""
         self.spec, self.image_spec = spec, image_spec
         prepare_local(spec)
         self.baked = code.image_digest(spec.image)
         self.run_dir = create_run_dir(runs_dir, spec)
         self.job = DirectJob(spec, self.run_dir, stream=stream, keep_work=keep_work, **options)
         first = self.job.hosts[0]
-        self.copy = code.assemble(image_spec, self.job.work / "code" / first)
+        self.copy = code.assemble(image_spec, self.job.work / "code" / first, root=root)
         for host in self.job.hosts:
             if host != first:
                 shutil.copytree(self.copy.path, self.job.work / "code" / host)
