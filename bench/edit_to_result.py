@@ -271,8 +271,7 @@ def render(result: dict[str, Any]) -> str:
         ("Every one-instance job ended with exactly the validation metrics of the plain-Python run."
          if not differing else f"**Validation metrics differed from the plain-Python run in: {', '.join(differing)}.**"),
         "",
-        where_the_time_goes(m),
-        two_instances(m),
+        where_the_time_goes(m) + (" " + two_instances(m) if two_instances(m) else ""),
         "",
         machine_note(result),
         "",
@@ -294,7 +293,7 @@ def where_the_time_goes(m: dict[str, Any]) -> str:
     return (f"Of the mounted one-instance job's {fmt_s(job)}, {fmt_s(inside)} pass between the container's start and its "
             f"exit (the toolkit and the script, {fmt_s(inside - m['bare']['median'])} more than the bare script); the "
             f"other {fmt_s(job - inside)} are creating the container, copying the code, packaging the artifacts and "
-            "removing the container. ")
+            "removing the container.")
 
 
 def two_instances(m: dict[str, Any]) -> str:
