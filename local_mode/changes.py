@@ -30,7 +30,7 @@ class CodeChanges:
         self.spec, self.root, self.quiet, self.clock = spec, Path(root), quiet, clock
         self._seen = code.watched_files(spec, self.root)
         self._moved_at: float | None = None
-        self.digest = code.working_tree_digest(spec, self.root)
+        self.digest = code.layout_digest(spec, self.root)
 
     def poll(self) -> str | None:
         now = self.clock()
@@ -42,7 +42,7 @@ class CodeChanges:
             return None
         self._moved_at = None
         try:
-            digest = code.working_tree_digest(self.spec, self.root)
+            digest = code.layout_digest(self.spec, self.root)
         except (ToolkitError, OSError):  # a script directory removed or renamed mid-save: wait for the next change
             return None
         if digest == self.digest:

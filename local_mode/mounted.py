@@ -43,10 +43,12 @@ def image_spec_for(spec: JobSpec) -> ImageSpec:
     return catalog.select(catalog.load(), [spec.image_name])[0]
 
 
-def code_note(image: str, image_spec: ImageSpec, mounted: str, baked: str | None) -> str:
-    """The summary's line about the mounted code."""
+def code_note(image: str, image_spec: ImageSpec, current: bool | None) -> str:
+    """The summary's line about the mounted code (current None: not compared)."""
     dirs = ", ".join(image_spec.scripts)
-    if baked == mounted:
+    if current is None:
+        return f"mounted from another project's working tree ({dirs}); not compared with the image"
+    if current:
         return f"mounted from the working tree ({dirs}); the image holds the same code"
     return (f"mounted from the working tree ({dirs}); the image {image} does not hold this code yet: "
             f"rebuild (`make build IMAGE={image_spec.name}`) before pushing it")
@@ -65,6 +67,8 @@ class MountedRun:
         self.job = DirectJob(spec, self.run_dir, stream=stream, keep_work=keep_work, **options)
         first = self.job.hosts[0]
         self.copy = code.assemble(image_spec, self.job.work / "code" / first, root=root)
+        # The label's hash is the build's, over PROJECT: comparable only when the scripts come from there.
+        self.tree = code.working_tree_digest(image_spec) if Path(root).resolve() == PROJECT else None
         for host in self.job.hosts:
             if host != first:
                 shutil.copytree(self.copy.path, self.job.work / "code" / host)
@@ -75,9 +79,9 @@ class MountedRun:
         self._stop_reason: str | None = None
 
     @property
-    def current(self) -> bool:
-        """Whether the image on disk holds the code this run mounts."""
-        return self.baked == self.copy.digest
+    def current(self) -> bool | None:
+        """Whether the image on disk holds the code this run mounts (None: not comparable)."""
+        return None if self.tree is None else self.baked == self.tree
 
     def run(self, timeout: float | None = None) -> JobResult:
         """Start, wait, package. On SIGINT/SIGTERM/SIGHUP (main thread) the job is stopped and the
@@ -111,9 +115,10 @@ class MountedRun:
 
     def _finish(self) -> JobResult:
         result = self.job.finish()
-        result.extra["code"] = {"mounted_sha256": self.copy.digest, "image_sha256": self.baked,
-                                "image_holds_it": self.current, "scripts": list(self.image_spec.scripts)}
-        result.extra["code_note"] = code_note(self.spec.image, self.image_spec, self.copy.digest, self.baked)
+        result.extra["code"] = {"scripts": list(self.image_spec.scripts), "files": list(self.copy.files),
+                                "working_tree_scripts_sha256": self.tree, "image_scripts_sha256": self.baked,
+                                "image_holds_it": self.current}
+        result.extra["code_note"] = code_note(self.spec.image, self.image_spec, self.current)
         result.save()
         self.result = result
         return result

@@ -2,10 +2,14 @@
 
 Every image bakes the directories images.toml lists as its `scripts` into /opt/ml/code, flattened in
 that order (the Dockerfile's `COPY train_scripts/common/ train_scripts/xgboost/ /opt/ml/code/`), and
-records their hash in the label io.smkit.scripts-sha256 (smkit.images.scripts_digest). Both the hash and
-the copy here go through a BuildContext holding only those directories, so they see exactly the files a
-build would send (secrets, .dockerignore'd files and __pycache__ left out) and the hash of the working
-tree equals the label of an image built from it.
+records their hash in the label io.smkit.scripts-sha256. Two hashes, for two questions:
+- does the image hold the working tree's code? working_tree_digest: the build's own computation
+  (images.spec_context + images.scripts_digest) on the working tree now, so it equals the label of an
+  image built from it, however the build lays its context out;
+- did the code change? CodeCopy.digest / layout_digest: a hash of the files as they land in
+  /opt/ml/code, cheap to recompute while watching.
+The copy goes through a BuildContext holding only the script directories, so it holds exactly the files
+a build would send (secrets, .dockerignore'd files and __pycache__ left out).
 
 Used by `run --mount-code` (a per-run copy of the code instead of a rebuild), `run --watch` (what counts as
 a change) and `push` (which refuses an image whose code is not the working tree's).
@@ -13,6 +17,7 @@ a change) and `push` (which refuses an image whose code is not the working tree'
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +28,7 @@ from smkit import engine
 from smkit.catalog import ImageSpec
 from smkit.context import BuildContext
 from smkit.errors import ConfigError, ToolkitError
-from smkit.images import LABEL_PREFIX, scripts_digest
+from smkit.images import LABEL_PREFIX, scripts_digest, spec_context
 from smkit.paths import PROJECT
 
 SCRIPTS_LABEL = f"{LABEL_PREFIX}.scripts-sha256"
@@ -38,9 +43,37 @@ def scripts_context(spec: ImageSpec, root: Path = PROJECT) -> BuildContext:
     return ctx
 
 
-def working_tree_digest(spec: ImageSpec, root: Path = PROJECT) -> str:
-    """The scripts hash an image built from the working tree now would carry."""
-    return scripts_digest(scripts_context(spec, root), spec)
+def working_tree_digest(spec: ImageSpec) -> str:
+    """The io.smkit.scripts-sha256 label an image built from the working tree (PROJECT) now would carry."""
+    return scripts_digest(spec_context(spec), spec)
+
+
+def layout(spec: ImageSpec, ctx: BuildContext) -> dict[str, str]:
+    """{path in /opt/ml/code: path in the context}: the script directories flattened in images.toml order,
+    a later directory's file replacing an earlier one's (as COPY does); a requirements file among the
+    scripts is installed at build time and never left in /opt/ml/code (the toolkit would pip-install it at
+    every job start)."""
+    files: dict[str, str] = {}
+    requirements = (spec.requirements or "").strip("/")
+    for directory in spec.scripts:
+        prefix = directory.rstrip("/") + "/"
+        for name in ctx.files:
+            if name.startswith(prefix) and name != requirements:
+                files[name[len(prefix):]] = name
+    return files
+
+
+def layout_digest(spec: ImageSpec, root: Path = PROJECT) -> str:
+    """A hash of the code as it lands in /opt/ml/code (paths, modes, contents): what `run --watch` compares."""
+    ctx = scripts_context(spec, root)
+    return _digest(ctx, layout(spec, ctx))
+
+
+def _digest(ctx: BuildContext, files: dict[str, str]) -> str:
+    h = hashlib.sha256()
+    for relative, name in sorted(files.items()):
+        h.update(f"{relative}\0{ctx.modes[name]:o}\0{hashlib.sha256(ctx.files[name]).hexdigest()}\n".encode())
+    return h.hexdigest()
 
 
 def image_digest(reference: str) -> str | None:
@@ -66,13 +99,13 @@ class Freshness:
         return self.image_digest == self.tree_digest
 
 
-def freshness(spec: ImageSpec, reference: str, root: Path = PROJECT) -> Freshness:
-    return Freshness(image=reference, image_digest=image_digest(reference), tree_digest=working_tree_digest(spec, root))
+def freshness(spec: ImageSpec, reference: str) -> Freshness:
+    return Freshness(image=reference, image_digest=image_digest(reference), tree_digest=working_tree_digest(spec))
 
 
-def require_current(spec: ImageSpec, reference: str, root: Path = PROJECT) -> Freshness:
+def require_current(spec: ImageSpec, reference: str) -> Freshness:
     """Refuse an image whose scripts differ from the working tree (what push checks first)."""
-    state = freshness(spec, reference, root)
+    state = freshness(spec, reference)
     if not state.current:
         recorded = f"scripts sha256 {state.image_digest[:12]}" if state.image_digest else "no scripts label"
         raise ToolkitError(
@@ -90,7 +123,7 @@ class CodeCopy:
 
     path: Path
     files: tuple[str, ...]  # paths relative to the copy
-    digest: str  # working_tree_digest of the files copied
+    digest: str  # layout_digest of the files copied
 
 
 def assemble(spec: ImageSpec, destination: Path, root: Path = PROJECT) -> CodeCopy:
@@ -101,25 +134,20 @@ def assemble(spec: ImageSpec, destination: Path, root: Path = PROJECT) -> CodeCo
     writes setup.py (and pip's build files) into /opt/ml/code at job start, so the mounted directory must
     be writable, and what a job writes there must not land in the user's checkout."""
     ctx = scripts_context(spec, root)
+    files = layout(spec, ctx)
     destination = Path(destination)
     destination.mkdir(parents=True)
-    layout: dict[str, str] = {}  # path in /opt/ml/code -> path in the context
-    for directory in spec.scripts:
-        prefix = directory.rstrip("/") + "/"
-        for name in ctx.files:
-            if name.startswith(prefix):
-                layout[name[len(prefix):]] = name
-    for relative, name in sorted(layout.items()):
+    for relative, name in sorted(files.items()):
         target = destination / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(ctx.files[name])
         os.chmod(target, ctx.modes[name])
-    return CodeCopy(path=destination, files=tuple(sorted(layout)), digest=scripts_digest(ctx, spec))
+    return CodeCopy(path=destination, files=tuple(sorted(files)), digest=_digest(ctx, files))
 
 
 def watched_files(spec: ImageSpec, root: Path = PROJECT) -> dict[str, tuple[int, int]]:
     """(mtime_ns, size) of every file under the image's script directories: cheap enough to poll a few
-    times a second; a difference means "look closer" (working_tree_digest decides whether it counts)."""
+    times a second; a difference means "look closer" (layout_digest decides whether it counts)."""
     state: dict[str, tuple[int, int]] = {}
     for directory in spec.scripts:
         base = Path(root) / directory

@@ -11,10 +11,9 @@ import pytest
 
 from local_mode import compare
 from local_mode.changes import CodeChanges
-from smkit import catalog, code, images
+from smkit import code
 from smkit.catalog import ImageSpec
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 def spec_for(scripts=("train_scripts/common", "train_scripts/xgboost")) -> ImageSpec:
@@ -48,7 +47,7 @@ def test_the_copy_is_laid_out_like_the_images_code_directory(tree, tmp_path):
     assert files == list(copy.files) == ["lib/util.py", "run.sh", "shared.py", "sm_contract.py", "train.py"]
     assert (copy.path / "shared.py").read_text() == "FROM = 'xgboost'\n"  # the later directory wins, as COPY does
     assert os.access(copy.path / "run.sh", os.X_OK) and not os.access(copy.path / "train.py", os.X_OK)
-    assert copy.digest == code.working_tree_digest(spec_for(), tree)
+    assert copy.digest == code.layout_digest(spec_for(), tree)
     # The working tree is read, never written.
     assert sorted((p, p.read_bytes()) for p in tree.rglob("*") if p.is_file()) == before
 
@@ -59,22 +58,26 @@ def test_the_copy_must_be_fresh(tree, tmp_path):
         code.assemble(spec_for(), tmp_path / "code", root=tree)
 
 
-def test_working_tree_hash_is_what_a_build_labels_the_image_with():
-    # The checkout's own image: the build's digest over its whole context equals ours over the scripts alone.
-    spec = catalog.load(REPO / "images.toml")["xgboost"]
-    assert code.working_tree_digest(spec, REPO) == images.scripts_digest(images.spec_context(spec), spec)
+def test_a_requirements_file_among_the_scripts_is_never_copied(tree, tmp_path):
+    (tree / "train_scripts" / "xgboost" / "requirements.txt").write_text("pandas\n")
+    spec = ImageSpec(**{**spec_for().__dict__, "requirements": "train_scripts/xgboost/requirements.txt"})
+    copy = code.assemble(spec, tmp_path / "code", root=tree)
+    assert "requirements.txt" not in copy.files and not (copy.path / "requirements.txt").exists()
 
 
-def test_working_tree_hash_follows_content_not_mtime(tree):
+def test_layout_hash_follows_content_not_mtime(tree):
     spec = spec_for()
-    first = code.working_tree_digest(spec, tree)
+    first = code.layout_digest(spec, tree)
     script = tree / "train_scripts" / "xgboost" / "train.py"
     os.utime(script, ns=(1, 1))
-    assert code.working_tree_digest(spec, tree) == first
+    assert code.layout_digest(spec, tree) == first
     (tree / "train_scripts" / "xgboost" / "__pycache__" / "x.pyc").write_bytes(b"1")
-    assert code.working_tree_digest(spec, tree) == first  # never part of the image
+    assert code.layout_digest(spec, tree) == first  # never part of the image
+    os.chmod(script, 0o755)
+    assert code.layout_digest(spec, tree) != first  # the mode lands in /opt/ml/code too
+    os.chmod(script, 0o644)
     script.write_text("print('v2')\n")
-    assert code.working_tree_digest(spec, tree) != first
+    assert code.layout_digest(spec, tree) != first
 
 
 class Clock:
@@ -104,7 +107,7 @@ def test_a_change_counts_once_it_has_settled_and_only_if_the_content_differs(tre
     assert changes.poll() is None
     clock.now += 0.2
     new = changes.poll()
-    assert new == code.working_tree_digest(spec_for(), tree)
+    assert new == code.layout_digest(spec_for(), tree)
     assert changes.poll() is None  # reported once
 
     script.write_text("print('v3')\n")
