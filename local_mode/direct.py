@@ -39,6 +39,7 @@ from local_mode import artifacts, cleanup, contract, interrupt
 from local_mode.job import RUNS_DIR, JobSpec, create_run_dir, prepare_local
 from local_mode.result import JobResult
 from smkit import console, engine
+from smkit.errors import ToolkitError
 
 STOP_GRACE = 10  # seconds between SIGTERM and SIGKILL when the first host's exit stops the others (compose's default)
 
@@ -428,7 +429,11 @@ def run_direct(spec: JobSpec, runs_dir: Path = RUNS_DIR, timeout: float | None =
     console.step(f"direct run {spec.job_name}: {spec.image} x{spec.instance_count} (contract {job.dialect}, "
                  f"network {'on' if job.network else 'off'})")
     try:
-        job.start()
+        try:
+            job.start()
+        except docker.errors.APIError as exc:
+            raise ToolkitError(f"Docker refused to start the job's containers: {exc.explanation or exc}",
+                               "check `docker info` and the image; `python -m local_mode clean` removes leftovers") from None
         job.wait(timeout)
     except (interrupt.Interrupted, KeyboardInterrupt) as exc:
         job.stop(reason=interrupt.reason(exc))

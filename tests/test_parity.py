@@ -109,6 +109,8 @@ def test_direct_writes_the_contract_sdk_local_mode_writes(probe_image, tmp_path,
                  timeout=600)
     direct = run(probe_job(probe_image, sdk, hosts), "direct", runs_dir=tmp_path / "direct", stream=False, timeout=600)
     assert by_sdk.sdk == sdk and direct.extra["contract"] == sdk
+    # Direct: no network for one host, a network of the job's own without a route out for several.
+    assert direct.extra["network"] == ("none" if hosts == 1 else "internal")
     sdk_records, direct_records = records(by_sdk), records(direct)
     assert len(sdk_records) == len(direct_records) == hosts
 
