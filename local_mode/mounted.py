@@ -23,13 +23,15 @@ import shutil
 import threading
 from pathlib import Path
 
+import docker.errors
+
 from local_mode import interrupt
 from local_mode.direct import DirectJob, Mount
 from local_mode.job import RUNS_DIR, JobSpec, create_run_dir, prepare_local
 from local_mode.result import JobResult
 from smkit import catalog, code, console
 from smkit.catalog import ImageSpec
-from smkit.errors import ConfigError
+from smkit.errors import ConfigError, ToolkitError
 from smkit.paths import PROJECT
 
 
@@ -89,7 +91,11 @@ class MountedRun:
         console.step(f"direct run {self.spec.job_name}: {self.spec.image} x{self.spec.instance_count}, code mounted "
                      f"from {', '.join(self.image_spec.scripts)} ({len(self.copy.files)} files)")
         try:
-            self.job.start()
+            try:
+                self.job.start()
+            except docker.errors.APIError as exc:  # as run_direct reports it
+                raise ToolkitError(f"Docker refused to start the job's containers: {exc.explanation or exc}",
+                                   "check `docker info` and the image; `python -m local_mode clean` removes leftovers") from None
             with self._lock:
                 self._started = True
                 pending = self._stop_reason
