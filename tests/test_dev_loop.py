@@ -36,6 +36,10 @@ time.sleep(DELAY)
 print(f"[epoch 1] validation:score={{VERSION / 10}}", flush=True)
 with open("/opt/ml/model/model.txt", "w") as handle:
     handle.write(str(VERSION))
+# What the legacy toolkit of the real XGBoost base does at job start (it writes setup.py there): the
+# mounted code directory must be writable, and what lands in it must stay out of the working tree.
+with open("/opt/ml/code/written-by-the-job.txt", "w") as handle:
+    handle.write(str(VERSION))
 """
 
 
@@ -128,7 +132,7 @@ def test_mount_code_runs_the_edit_without_a_build_and_push_refuses_the_stale_ima
     # /opt/ml/code landed there), and no container or network is left.
     image = docker_client.images.get(built["local_ref"])
     assert image.id == built["image_id"] and image.labels == labels_before
-    assert tree_files(project) == before
+    assert tree_files(project) == before and not list(project.rglob("written-by-the-job.txt"))
     assert leftovers(docker_client, runs) == []
 
     refused = cli(project, [str(REPO / "build.py"), "push", "--image", "xgboost", "--registry",
