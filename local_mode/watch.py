@@ -145,11 +145,14 @@ def watch(spec: JobSpec, image_spec: ImageSpec, runs_dir: Path = RUNS_DIR, timeo
             if attempt is not None:
                 attempt.stop(why)
                 attempt.join()
-                if attempt.result is not None:
+            try:
+                if attempt is not None and attempt.result is not None:
                     summary.show(attempt.result)
-                elif attempt.error is not None:
+                elif attempt is not None and attempt.error is not None:
                     report(number, attempt, None, None)
-            console.out.print(f"watch: ended ({why}) after {number} run(s)", highlight=False)
+                console.out.print(f"watch: ended ({why}) after {number} run(s)", highlight=False)
+            except OSError:
+                pass  # SIGHUP: the terminal is gone; each run's summary.json has it all
             if isinstance(exc, interrupt.Interrupted) and exc.signame != "SIGINT":
                 return exc.exit_code
             return 0
