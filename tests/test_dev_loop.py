@@ -247,3 +247,21 @@ def test_watch_reruns_on_save_restarts_a_running_job_and_recovers_from_a_syntax_
     assert sorted(statuses.values(), key=str) == sorted([
         ("Completed", None), ("Stopped", "code changed"), ("Completed", None), ("Failed", None), ("Completed", None),
         ("Stopped", "interrupted (SIGINT)")], key=str), statuses
+
+
+def test_sigterm_ends_the_watch_and_stops_the_running_job(project, built, docker_client, tmp_path):
+    runs = tmp_path / "runs"
+    write_script(project, 8, delay=600)
+    watcher = Watcher(project, runs)
+    try:
+        watcher.expect(r"\| script version 8$")
+        watcher.proc.send_signal(signal.SIGTERM)  # what `timeout(1)` or a CI job's cancel sends
+        assert watcher.proc.wait(timeout=120) == 128 + signal.SIGTERM
+        watcher.expect(r"^watch: ended \(interrupted \(SIGTERM\)\) after 1 run\(s\)$", timeout=10)
+    finally:
+        if watcher.proc.poll() is None:
+            watcher.proc.kill()
+        write_script(project, 1)
+    assert leftovers(docker_client, runs) == []
+    (summary,) = [json.loads(p.read_text()) for p in runs.glob("*/summary.json")]
+    assert summary["status"] == "Stopped" and summary["stop_reason"] == "interrupted (SIGTERM)"
