@@ -28,10 +28,18 @@ pytestmark = pytest.mark.docker
 REPO = Path(__file__).resolve().parent.parent
 
 SCRIPT = """\
-import time
+import json, os, time
 VERSION = {version}
 DELAY = {delay}
 print(f"script version {{VERSION}}", flush=True)
+# Every host holds until all have started (the model directory is shared): the first host to exit stops
+# the others, as in SageMaker local mode, and each host's line must be in the log.
+hosts = json.loads(os.environ.get("SM_HOSTS") or "[1]")
+with open(f"/opt/ml/model/started-{{os.environ.get('SM_CURRENT_HOST', 'algo-1')}}", "w") as handle:
+    handle.write(str(VERSION))
+deadline = time.time() + 120
+while len([n for n in os.listdir("/opt/ml/model") if n.startswith("started-")]) < len(hosts) and time.time() < deadline:
+    time.sleep(0.1)
 time.sleep(DELAY)
 print(f"[epoch 1] validation:score={{VERSION / 10}}", flush=True)
 with open("/opt/ml/model/model.txt", "w") as handle:
