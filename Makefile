@@ -32,12 +32,12 @@ push_opts = $(if $(IMAGE),--image $(IMAGE)) $(if $(REGION),--region $(REGION)) $
             $(if $(REGISTRY),--registry $(REGISTRY))
 
 .DEFAULT_GOAL := help
-.PHONY: help venv venv-sdk3 engine bases test test-fast demo build push list doctor local train-cloud bench lock clean \
+.PHONY: help venv venv-sdk3 engine bases test test-fast demo build push list doctor local dev train-cloud bench lock clean \
         registry registry-stop
 
 help:
 	@sed -n '2,13p' Makefile | sed 's/^# \{0,1\}//'
-	@echo "targets: demo test build push list doctor local train-cloud registry registry-stop bench bases engine venv lock clean"
+	@echo "targets: demo test build push list doctor local dev train-cloud registry registry-stop bench bases engine venv lock clean"
 
 venv:
 	@tools/ensure-venv.sh requirements.lock $(VENV)
@@ -73,6 +73,11 @@ doctor: venv
 
 local: venv engine
 	$(PY) -m local_mode run $(if $(IMAGE),--image $(IMAGE)) $(ARGS)
+
+# The inner loop: re-run the job on every save of the image's scripts, code mounted (no build), through
+# Docker directly; prints how each metric changed. Ctrl-C ends. Build once first (make build BASE=local).
+dev: venv engine
+	$(PY) -m local_mode run --watch $(if $(IMAGE),--image $(IMAGE)) $(ARGS)
 
 train-cloud: venv
 	$(PY) -m local_mode run --cloud $(if $(IMAGE),--image $(IMAGE)) $(if $(REGION),--region $(REGION)) $(ARGS)

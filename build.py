@@ -61,7 +61,7 @@ def cmd_build(args) -> int:
 
 
 def cmd_push(args) -> int:
-    from smkit import registry
+    from smkit import code, registry
 
     specs = catalog.select(catalog.load(), args.image)
     region = None if args.registry else bases.require_region(args.region)
@@ -70,6 +70,7 @@ def cmd_push(args) -> int:
         tags = [t for t in entry.get("moving_tags", []) if t not in (args.tag or [])] + list(args.tag or [])
         if args.dry_run:
             console.out.print(f"[bold]{spec.name}[/]: {entry['local_ref']}")
+            console.out.print(f"  0. check the image's scripts-sha256 label is the hash of the working tree's {', '.join(spec.scripts)}")
             if args.registry:
                 host = args.registry.split("/", 1)[0]
                 console.out.print(f"  1. HEAD {host}/v2/<repo>/manifests/{entry['tag']} (credentials from the docker config)")
@@ -83,6 +84,8 @@ def cmd_push(args) -> int:
                               + "".join(f", :{t}" for t in tags) + " (retrying transient failures)")
             console.out.print("  -  record image_uri and digest in build/images.json")
             continue
+        # Never push code other than the working tree's (e.g. edits tried with `run --mount-code`, not rebuilt).
+        code.require_current(spec, entry["local_ref"])
         if args.registry:
             target = registry.oci_target(args.registry, spec.repository)
         else:

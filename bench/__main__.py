@@ -26,7 +26,7 @@ from bench.common import BENCH, MODES, ROOT, SCHEMA, BenchError, Config, log, ma
     replace_section, table, write_result
 
 # In the order they run: the short ones first, the XGBoost end-to-end runs (the longest) last.
-BENCHMARKS = ["startup", "inner_loop", "push_delta", "pytorch", "xgboost_extmem", "xgboost_e2e"]
+BENCHMARKS = ["startup", "inner_loop", "edit_to_result", "push_delta", "pytorch", "xgboost_extmem", "xgboost_e2e"]
 DEFAULT_REPEATS = {"full": 3, "quick": 3, "smoke": 1}
 BUDGET_MINUTES = 30
 

@@ -17,6 +17,8 @@ EXAMPLES = """\
 examples:
   python -m local_mode run --image xgboost                      # bundled sample data, SDK local mode
   python -m local_mode run --image xgboost --backend direct     # the same job straight through Docker (fast)
+  python -m local_mode run --image xgboost --backend direct --mount-code   # the working tree's scripts, no build
+  python -m local_mode run --image xgboost --watch              # re-run on every save (make dev IMAGE=xgboost)
   python -m local_mode run --image xgboost --channel train=data/train --channel validation=data/val \\
       --hp num_round=200 --hp eta=0.1 --instance-count 2
   python -m local_mode run --image pytorch --sdk v3              # needs SageMaker SDK v3 in this Python
@@ -104,9 +106,14 @@ def resolve_backend(args) -> None:
         if args.backend not in (None, "cloud"):
             raise ConfigError(f"--cloud contradicts --backend {args.backend}.", "pass one of them")
         args.backend = "cloud"
+    if args.watch:  # the inner loop: no SDK, no build
+        if args.backend not in (None, "direct"):
+            raise ConfigError(f"--watch runs the direct backend, not {args.backend}.", "drop --backend (or --cloud)")
+        args.backend, args.mount_code = "direct", True
     args.backend = args.backend or "sdk"
     if args.backend != "direct":
-        for flag, value in (("--network", args.network), ("--memory", args.memory), ("--checkpoint-dir", args.checkpoint_dir)):
+        for flag, value in (("--network", args.network), ("--memory", args.memory), ("--checkpoint-dir", args.checkpoint_dir),
+                            ("--mount-code", args.mount_code)):
             if value:
                 raise ConfigError(f"{flag} applies to the direct backend only.", f"add --backend direct, or drop {flag}")
 
@@ -121,10 +128,24 @@ def cmd_run(args) -> int:
             cloud.print_request(spec, upload_prefix=args.upload_prefix)
         else:
             print_local_plan(spec, args.backend)
+            if args.mount_code:
+                from local_mode import mounted
+
+                image_spec = mounted.image_spec_for(spec)
+                console.out.print(f"/opt/ml/code <- a fresh copy of {', '.join(image_spec.scripts)} per host (read-write)"
+                                  + (", again after every save (--watch)" if args.watch else ""), markup=False)
         return 0
     options: dict = {}
     if args.backend == "direct":
         options = {"network": args.network, "mem_limit": args.memory}
+    if args.mount_code:
+        from local_mode import mounted, watch
+
+        if args.watch:
+            return watch.watch(spec, mounted.image_spec_for(spec), runs_dir=Path(args.runs_dir), timeout=args.timeout,
+                               stream=not args.quiet, keep_work=args.keep, **options)
+        return run_and_report(lambda: mounted.run_mounted(spec, runs_dir=Path(args.runs_dir), timeout=args.timeout,
+                                                          stream=not args.quiet, keep_work=args.keep, **options))
     return run_and_report(lambda: backends.run(
         spec, args.backend, runs_dir=Path(args.runs_dir), timeout=args.timeout, stream=not args.quiet,
         keep_work=args.keep, upload_prefix=args.upload_prefix, wait=not args.no_wait, **options))
@@ -295,6 +316,12 @@ def parser() -> argparse.ArgumentParser:
     direct.add_argument("--checkpoint-dir", metavar="DIR",
                         help="a local directory mounted as /opt/ml/checkpoints, with checkpointconfig.json written "
                              "(what --checkpoint-s3-uri is in the cloud)")
+    direct.add_argument("--mount-code", action="store_true",
+                        help="run the working tree's scripts (images.toml `scripts` of --image), copied over "
+                             "/opt/ml/code, instead of the code baked in the image: an edit needs no build")
+    direct.add_argument("--watch", action="store_true",
+                        help="re-run the job on every save of those scripts, stopping a run still going; print "
+                             "how each metric changed (implies --backend direct --mount-code; Ctrl-C ends)")
     cloud = run.add_argument_group("cloud (--backend cloud, or --cloud): the same job on SageMaker")
     cloud.add_argument("--cloud", action="store_true", help="the same as --backend cloud")
     cloud.add_argument("--role", help="execution role ARN (default: SAGEMAKER_ROLE)")

@@ -51,6 +51,7 @@ class Mount:
     source: str
     target: str
     read_only: bool = True
+    host: str | None = None  # only this host's container (None: every host), e.g. a per-host code copy
 
 
 class DirectJob:
@@ -159,7 +160,8 @@ class DirectJob:
         if self.checkpoint_dir:
             bind(self.checkpoint_dir, self.spec.checkpoint_local_path or contract.CHECKPOINT_PATH, "rw")
         for mount in self.mounts:
-            bind(mount.source, mount.target, "ro" if mount.read_only else "rw")
+            if mount.host in (None, host):
+                bind(mount.source, mount.target, "ro" if mount.read_only else "rw")
         return volumes
 
     def start(self) -> "DirectJob":

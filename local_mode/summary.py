@@ -34,6 +34,9 @@ def show(result) -> None:
         rows.append(("failure", f"[red]{escape(result.failure_reason)}[/]"))
     elif result.error and not result.ok:
         rows.append(("error", f"[red]{escape(str(result.error))}[/]"))
+    if (result.extra or {}).get("code_note"):  # run --mount-code: whose code ran, and whether the image has it
+        held = result.extra.get("code", {}).get("image_holds_it")
+        rows.append(("code", escape(result.extra["code_note"]) if held else f"[yellow]{escape(result.extra['code_note'])}[/]"))
     if result.log_path:
         rows.append(("log", escape(str(result.log_path))))
     extra = result.extra or {}

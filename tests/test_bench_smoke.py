@@ -171,3 +171,13 @@ def test_xgboost_e2e_compares_like_with_like(smoke):
         for variant in ("ours", "tutorial", "limit"):
             assert _positive(entry[variant]["seconds"]["median"]) and _positive(entry[variant]["max_rss"]["median"])
         assert _positive(entry["ours_to_limit"]) and _positive(entry["tutorial_to_limit"])
+
+
+def test_edit_to_result_runs_the_edit_mounted_without_a_build_and_reproduces_plain_python(smoke):
+    m = smoke["results"]["edit_to_result"]["measurements"]
+    assert _positive(m["bare"]["median"])
+    mounted = m["summary"]["mount1"]
+    assert _positive(mounted["edit_to_result"]["median"]) and _positive(mounted["ratio_to_bare"])
+    assert 0 < mounted["containers"]["median"] < mounted["job"]["median"]  # the containers ran within the job's time
+    assert m["rebuild"]["n"] == 0  # smoke size: the mounted row only, no build at all
+    assert m["same_validation_metrics"] == {"mount1": True}, m["final_metrics"]
