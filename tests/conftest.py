@@ -7,6 +7,7 @@ reach a real AWS endpoint by accident.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import socket
@@ -107,6 +108,23 @@ def tiny_image(docker_client, standin_xgboost) -> str:
 
 
 @pytest.fixture(scope="session")
+def scratch_project(tmp_path_factory) -> Path:
+    """A copy of the project (images.toml, containers/, train_scripts/) for tests that build it."""
+    from tests.projects import copy_project
+
+    return copy_project(tmp_path_factory.mktemp("project"))
+
+
+@pytest.fixture(scope="session")
+def project_images(scratch_project, standin_xgboost, standin_pytorch) -> dict[str, str]:
+    """Both images of images.toml, built on the stand-in bases as `make build BASE=local` builds them,
+    in a scratch copy of the project: name -> local image reference."""
+    from tests.projects import build_local
+
+    return build_local(scratch_project)
+
+
+@pytest.fixture(scope="session")
 def registry():
     """A real registry server on loopback with htpasswd authentication."""
     server = Registry().start()
@@ -168,3 +186,55 @@ def no_network_beyond_loopback():
     start = len(NETWORK_VIOLATIONS)
     yield
     assert NETWORK_VIOLATIONS[start:] == [], f"the test tried to reach the network: {NETWORK_VIOLATIONS[start:]}"
+
+
+# -------------------------------------------------------------------------------------------------
+# The suite never writes into the checkout: its build/images.json (the user's pinned digests), its
+# local_mode/runs/ and the images its manifest names are the same after the session as before. Any
+# change fails the session (exit status 1), naming what changed.
+
+_CHECKOUT = Path(__file__).resolve().parent.parent
+
+
+def _checkout_state() -> dict[str, object]:
+    manifest = _CHECKOUT / "build" / "images.json"
+    runs = _CHECKOUT / "local_mode" / "runs"
+    state: dict[str, object] = {
+        "build/images.json": hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.exists() else None,
+        "local_mode/runs/": sorted(p.name for p in runs.iterdir()) if runs.is_dir() else [],
+    }
+    try:  # where each image the checkout's manifest names points (its tags are the user's)
+        import json
+
+        import docker
+
+        refs = [e.get("local_ref") for e in json.loads(manifest.read_text()).get("images", {}).values()] if manifest.exists() else []
+        client = docker.from_env(timeout=10)
+        for ref in filter(None, refs):
+            try:
+                state[f"tag {ref}"] = client.images.get(ref).id
+            except docker.errors.ImageNotFound:
+                state[f"tag {ref}"] = None
+    except Exception:  # no engine: only the files are compared
+        pass
+    return state
+
+
+def pytest_sessionstart(session):
+    session.config._smkit_checkout_state = _checkout_state()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    before = getattr(session.config, "_smkit_checkout_state", None)
+    if before is None:
+        return
+    after = _checkout_state()
+    changed = [key for key in sorted(set(before) | set(after)) if before.get(key) != after.get(key)]
+    if changed:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        message = f"the test session changed the checkout: {', '.join(changed)} (tests must use scratch projects)"
+        if reporter is not None:
+            reporter.write_line(f"FAILED {message}", red=True, bold=True)
+        else:
+            print(message, file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
