@@ -202,12 +202,12 @@ def test_an_expired_token_fails_at_once_with_the_fix(small_image, server, capfd)
     finally:
         proxy.stop()
     error = raised.value
-    assert "refused the push" in error.what and "authorization token has expired" in error.what
-    assert "docker login" in error.fix and not error.transient
     assert [entry for entry in proxy.log if entry[2] == 403], proxy.log
     # Exactly one attempt: one `docker push` (one ping of /v2/ by the engine), and no retry announced.
     assert len([1 for _, m, path, _ in proxy.events if m == "GET" and path == "/v2/"]) == 1, proxy.events
     assert "retrying" not in capfd.readouterr().err
+    assert "refused the push" in error.what and "authorization token has expired" in error.what
+    assert "docker login" in error.fix and not error.transient
     assert server.manifest_digest(REPOSITORY, "v1") is None
 
 
