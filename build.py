@@ -75,7 +75,8 @@ def cmd_push(args) -> int:
                 console.out.print(f"  1. HEAD {host}/v2/<repo>/manifests/{entry['tag']} (credentials from the docker config)")
             else:
                 console.out.print(f"  1. ecr describe-repositories {spec.repository} --region {region}; create it if missing "
-                                  "(scan on push, AES256/KMS encryption, lifecycle policy for untagged images"
+                                  "(scan on push, " + (f"KMS encryption with {args.kms_key}" if args.kms_key else "AES256 encryption")
+                                  + ", lifecycle policy: untagged images expire after 14 days"
                                   + (", IMMUTABLE tags" if args.immutable_tags else "") + ")")
                 console.out.print(f"  2. ecr get-authorization-token --region {region} (a login for this push only)")
                 console.out.print(f"  3. HEAD <registry>/v2/{spec.repository}/manifests/{entry['tag']}: skip if it is this image")

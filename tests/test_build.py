@@ -128,14 +128,14 @@ def ecr_registry():
     server.stop()
 
 
-def test_ecr_push_creates_a_safe_repository_and_logs_in_for_this_push_only(project, moto, ecr_registry, tmp_path):
+def test_ecr_push_creates_a_safe_repository_and_logs_in_for_this_push_only(project, moto, ecr_registry, tmp_path, docker_client):
     docker_dir = tmp_path / "docker"
     docker_dir.mkdir()
     env = {"AWS_ENDPOINT_URL": moto.url, "DOCKER_CONFIG": str(docker_dir)}
     run_build(project, "build", "--image", "xgboost", "--base", "local")
     tag = manifest_entry(project)["tag"]
     out = run_build(project, "push", "--image", "xgboost", "--region", "us-east-1", "--registry-host", ecr_registry.host,
-                    "--immutable-tags", "--tag", "release-1", "--quiet", env=env)
+                    "--immutable-tags", "--tag", "release-1", "--verbose", env=env)
     assert "created ECR repository smkit-xgboost" in out.stderr
 
     ecr = boto3.client("ecr", region_name="us-east-1", endpoint_url=moto.url)
@@ -144,7 +144,10 @@ def test_ecr_push_creates_a_safe_repository_and_logs_in_for_this_push_only(proje
     assert repo["encryptionConfiguration"]["encryptionType"] == "AES256"
     assert repo["imageTagMutability"] == "IMMUTABLE"
     policy = json.loads(ecr.get_lifecycle_policy(repositoryName="smkit-xgboost")["lifecyclePolicyText"])
-    assert policy["rules"][0]["selection"]["tagStatus"] == "untagged"
+    # Untagged images expire 14 days after their push (docs/build.md).
+    assert [rule["selection"] for rule in policy["rules"]] == [
+        {"tagStatus": "untagged", "countType": "sinceImagePushed", "countUnit": "days", "countNumber": 14}]
+    assert [rule["action"] for rule in policy["rules"]] == [{"type": "expire"}]
     assert len(moto.requests("GetAuthorizationToken")) == 1  # a fresh token for this push
     # The token was used for this push only: nothing was written to the docker config.
     assert not (docker_dir / "config.json").exists()
@@ -159,16 +162,50 @@ def test_ecr_push_creates_a_safe_repository_and_logs_in_for_this_push_only(proje
     assert manifest_entry(project)["pushed"]["skipped"] is True and "nothing pushed" in again.stderr
     assert "created ECR repository" not in again.stderr
     assert len(moto.requests("GetAuthorizationToken")) == 2  # still a fresh token for every push
+    # The ECR token (what moto's GetAuthorizationToken hands out) never reaches the output, the labels or
+    # build/images.json: neither the token nor the password inside it, raw or base64.
+    token = ecr.get_authorization_token()["authorizationData"][0]["authorizationToken"]
+    password = base64.b64decode(token).decode().split(":", 1)[1]
+    labels = json.dumps(docker_client.images.get(manifest_entry(project)["local_ref"]).labels)
+    for text in (out.stdout, out.stderr, again.stdout, again.stderr, labels, (project / "build" / "images.json").read_text()):
+        for form in (token, password, base64.b64encode(password.encode()).decode()):
+            assert form not in text
 
     # An immutable tag is never moved: a changed image under the same moving tag is refused up front.
     (project / "train_scripts" / "xgboost" / "train.py").write_text("print('changed')\n")
     run_build(project, "build", "--image", "xgboost", "--base", "local")
+    blobs = ecr_registry.blob_count()
     refused = run_build(project, "push", "--image", "xgboost", "--region", "us-east-1", "--registry-host", ecr_registry.host,
                         "--tag", "release-1", "--quiet", env=env, check=False)
     assert refused.returncode != 0
     assert "release-1 already exists with another digest" in refused.stderr and "IMMUTABLE" in refused.stderr
     assert ecr_registry.manifest_digest("smkit-xgboost", "release-1") == digest
+    # Refused before any upload: the changed script layer never reached the registry, nor did its new tag.
+    assert ecr_registry.blob_count() == blobs
+    assert ecr_registry.manifest_digest("smkit-xgboost", manifest_entry(project)["tag"]) is None
     assert "Traceback" not in refused.stderr
+
+
+def test_kms_key_encrypts_a_new_repository_with_that_key(moto, project):
+    """`push --kms-key`: a repository created by the push is encrypted with that KMS key (ECR on moto)."""
+    from smkit import ecr as smkit_ecr
+
+    key = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    state = smkit_ecr.ensure_repository("us-east-1", "smkit-kms", kms_key=key)
+    assert state.created
+    ecr = boto3.client("ecr", region_name="us-east-1", endpoint_url=moto.url)
+    repo = ecr.describe_repositories(repositoryNames=["smkit-kms"])["repositories"][0]
+    assert repo["encryptionConfiguration"] == {"encryptionType": "KMS", "kmsKey": key}
+    # The CLI hands --kms-key through (its dry run names it), and without it a repository is AES256.
+    (project / "build").mkdir(exist_ok=True)
+    (project / "build" / "images.json").write_text(json.dumps({"schema": 1, "images": {"xgboost": {
+        "local_ref": "smkit-xgboost:nogit-0", "tag": "nogit-0", "moving_tags": []}}}))
+    dry = run_build(project, "push", "--image", "xgboost", "--region", "us-east-1", "--kms-key", key, "--dry-run",
+                    env={"AWS_ENDPOINT_URL": moto.url}).stdout
+    assert key in dry, dry
+    smkit_ecr.ensure_repository("us-east-1", "smkit-aes")
+    assert ecr.describe_repositories(repositoryNames=["smkit-aes"])["repositories"][0]["encryptionConfiguration"] == \
+        {"encryptionType": "AES256"}
 
 
 def test_dry_run_prints_every_action_and_touches_nothing(project, docker_client):
