@@ -156,7 +156,8 @@ def submit_v3(spec: JobSpec) -> None:
         trainer = trainer.with_checkpoint_config(CheckpointConfig(s3_uri=spec.checkpoint_s3_uri, local_path=spec.checkpoint_local_path))
     if spec.metric_definitions:
         trainer = trainer.with_metric_definitions([MetricDefinition(name=m["Name"], regex=m["Regex"]) for m in spec.metric_definitions])
-    channels = [InputData(channel_name=c.name, data_source=c.source, content_type=c.content_type) for c in spec.channels]
+    channels = [InputData(channel_name=c.name, data_source=c.source,
+                          **({"content_type": c.content_type} if c.content_type else {})) for c in spec.channels]
     trainer.train(input_data_config=channels, wait=False, logs=False)
     spec.job_name = trainer._latest_training_job.training_job_name  # v3 appends its own timestamp
 

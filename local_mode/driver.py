@@ -76,7 +76,8 @@ def run_v3(spec: JobSpec, work: Path, output: Path) -> dict:
         role=spec.role,
         base_job_name=spec.job_name.rsplit("-", 3)[0] or "job",
     )
-    channels = [InputData(channel_name=c.name, data_source=str(Path(c.source).resolve()), content_type=c.content_type)
+    channels = [InputData(channel_name=c.name, data_source=str(Path(c.source).resolve()),
+                          **({"content_type": c.content_type} if c.content_type else {}))
                 for c in spec.channels]
     try:
         trainer.train(input_data_config=channels, wait=True, logs=True)
