@@ -8,7 +8,8 @@
     python build.py doctor                      # check engine, compose, AWS, registry; print fixes
     python build.py list                        # what each image resolves to
 
-`make build push` wraps it. Every command takes --help; `build` and `push` take --dry-run.
+`make build push` wraps it. Every command takes --help; every command that changes something (build, push,
+bases) takes --dry-run; doctor and list only read.
 """
 
 from __future__ import annotations
@@ -154,6 +155,11 @@ def cmd_bases(args) -> int:
 
     frameworks = args.framework or sorted(standin.STANDINS)
     for framework in frameworks:
+        if args.dry_run:
+            console.out.print(f"{framework}: docker build -t {standin.STANDINS[framework]} containers/standin/{framework} "
+                              f"(--python-base {args.python_base}; skipped when an image with the same inputs exists"
+                              + ("" if not args.force else "; --force: rebuilt anyway") + ")")
+            continue
         name = standin.ensure_standin(framework, python=args.python_base, verbose=args.verbose, force=args.force)
         console.out.print(f"{framework}: {name}")
     return 0
@@ -225,6 +231,7 @@ def parser() -> argparse.ArgumentParser:
     bases_cmd.add_argument("--python-base", default="auto", metavar="auto|debootstrap|IMAGE")
     bases_cmd.add_argument("--force", action="store_true", help="rebuild even if up to date")
     bases_cmd.add_argument("--verbose", action="store_true")
+    bases_cmd.add_argument("--dry-run", action="store_true", help="print what would be built; build nothing")
     bases_cmd.set_defaults(func=cmd_bases)
     return top
 

@@ -151,6 +151,9 @@ def cmd_demo(args) -> int:
         image, image_name = resolve_image(name)
         channels, hyperparameters = sample_job(image_name or name)
         spec = JobSpec(image=image, image_name=image_name, channels=channels, hyperparameters=hyperparameters, sdk=args.sdk)
+        if args.dry_run:
+            print_local_plan(spec)
+            continue
         result = run_local(spec, runs_dir=Path(args.runs_dir), stream=not args.quiet, timeout=args.timeout)
         summary.show(result)
         if result.ok:
@@ -167,6 +170,9 @@ def cmd_clean(args) -> int:
     if not runs.exists():
         return 0
     for run in sorted(p for p in runs.iterdir() if p.is_dir()):
+        if args.dry_run:
+            console.out.print(f"would stop the containers of {run} and remove it")
+            continue
         stop_containers(run)
         try:
             shutil.rmtree(run)
@@ -226,10 +232,12 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--runs-dir", default=str(RUNS_DIR))
     demo.add_argument("--timeout", type=float)
     demo.add_argument("--quiet", action="store_true")
+    demo.add_argument("--dry-run", action="store_true", help="print the job each image would run; run nothing")
     demo.set_defaults(func=cmd_demo)
 
     clean = sub.add_parser("clean", help="remove local run directories (root-owned files too) and their containers")
     clean.add_argument("--runs-dir", default=str(RUNS_DIR))
+    clean.add_argument("--dry-run", action="store_true", help="print what would be removed; remove nothing")
     clean.set_defaults(func=cmd_clean)
     return top
 
