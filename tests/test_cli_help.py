@@ -108,7 +108,8 @@ def test_bases_dry_run_builds_nothing(docker_client):
     from smkit import standin
 
     def standins() -> dict[str, str]:  # (other suites may tag images meanwhile: only the stand-ins are ours to judge)
-        return {tag: image.id for image in docker_client.images.list() for tag in image.tags if tag.startswith("smkit/standin-")}
+        return {tag: image["Id"] for image in docker_client.api.images() for tag in image.get("RepoTags") or []
+                if tag.startswith("smkit/standin-")}
 
     before = standins()
     proc = run_cli("build.py", "bases", "--force", "--dry-run")
