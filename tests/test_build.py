@@ -286,12 +286,16 @@ def test_tags_and_labels_follow_git(project, docker_client):
     git("init", "-q")
     git("add", "-A")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "scripts v1")
+    git("remote", "add", "origin", "https://me:remote-token-123@git.example.com/team/repo.git")
     commit = subprocess.run(["git", "-C", str(project), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     run_build(project, "build", "--image", "xgboost", "--base", "local", "--tag", "latest")
     clean = manifest_entry(project)
     assert re.fullmatch(rf"{commit[:7]}-[0-9a-f]{{10}}", clean["tag"])
     labels = docker_client.images.get(clean["local_ref"]).labels
     assert labels["org.opencontainers.image.revision"] == commit
+    # The source is recorded without the user or token the remote URL carries.
+    assert labels["org.opencontainers.image.source"] == "https://git.example.com/team/repo.git"
+    assert "remote-token-123" not in json.dumps(labels) + (project / "build" / "images.json").read_text()
     assert docker_client.images.get("smkit-xgboost:latest").id == clean["image_id"]  # the moving tag
 
     # An edited input is never passed off as the commit.
