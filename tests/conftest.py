@@ -234,6 +234,7 @@ def pytest_sessionfinish(session, exitstatus):
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         message = f"the test session changed the checkout: {', '.join(changed)} (tests must use scratch projects)"
         if reporter is not None:
+            reporter.ensure_newline()
             reporter.write_line(f"FAILED {message}", red=True, bold=True)
         else:
             print(message, file=sys.stderr)
