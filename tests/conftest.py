@@ -36,7 +36,7 @@ def docker_client():
     from smkit import engine
 
     client = engine.client()
-    before, known = _tags(client), {image.id for image in client.images.list()}
+    before, known = _tags(client), {image["Id"] for image in client.api.images()}
     yield client
     # SMKIT_TESTS_KEEP_TAGS=1: several suites share one engine (parallel worktrees); a session must not untag
     # what another one is still using. Off by default: a plain `make test` leaves the tags as it found them.
@@ -49,7 +49,8 @@ _CACHED = ("smkit/standin-", "smkit/python-debian")
 
 
 def _tags(client) -> dict[str, str]:
-    return {tag: image.id for image in client.images.list() for tag in image.tags}
+    # One listing call (images.list() fetches each image again: another suite may remove one meanwhile).
+    return {tag: image["Id"] for image in client.api.images() for tag in image.get("RepoTags") or [] if tag != "<none>:<none>"}
 
 
 def _restore_tags(client, before: dict[str, str], known: set[str]) -> None:

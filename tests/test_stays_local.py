@@ -29,7 +29,8 @@ def test_a_local_job_runs_where_there_is_no_route_out(sdk, tiny_image, tmp_path)
     wrap, env = loopback_only(probe)
     proc = subprocess.run(
         [*wrap, SDK_PYTHON[sdk], "-m", "local_mode", "run", "--image", tiny_image, "--sdk", sdk,
-         "--channel", f"train={SAMPLE / 'train'}", "--hp", "num_round=3", "--runs-dir", str(runs), "--quiet"],
+         "--channel", f"train={SAMPLE / 'train'}", "--content-type", "train=text/csv", "--hp", "num_round=3",
+         "--runs-dir", str(runs), "--quiet"],
         cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "200", **env},
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -38,6 +39,10 @@ def test_a_local_job_runs_where_there_is_no_route_out(sdk, tiny_image, tmp_path)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "Completed" and summary["sdk"] == sdk
     assert Path(summary["model_artifact"]).exists()
+    # The job is the one asked for: the channel's ContentType reached the container (v3 once dropped it).
+    (line,) = {l.split("tiny: inputdataconfig ", 1)[1] for l in (run_dir / "log.txt").read_text().splitlines()
+               if "tiny: inputdataconfig " in l}
+    assert json.loads(line)["train"]["ContentType"] == "text/csv", line
     # Telemetry is opted out through the run's own SDK config, not the user's home.
     assert (run_dir / "sagemaker-config.yaml").read_text().count("TelemetryOptOut: true") == 1
 
