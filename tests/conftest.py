@@ -209,7 +209,9 @@ def _checkout_state() -> dict[str, object]:
 
         import docker
 
-        refs = [e.get("local_ref") for e in json.loads(manifest.read_text()).get("images", {}).values()] if manifest.exists() else []
+        entries = json.loads(manifest.read_text()).get("images", {}).values() if manifest.exists() else []
+        refs = [e.get("local_ref") for e in entries]
+        refs += [f"{e['repository']}:{tag}" for e in entries if e.get("repository") for tag in e.get("moving_tags") or []]
         client = docker.from_env(timeout=10)
         for ref in filter(None, refs):
             try:
