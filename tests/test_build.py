@@ -177,12 +177,12 @@ def test_ecr_push_creates_a_safe_repository_and_logs_in_for_this_push_only(proje
     blobs = ecr_registry.blob_count()
     refused = run_build(project, "push", "--image", "xgboost", "--region", "us-east-1", "--registry-host", ecr_registry.host,
                         "--tag", "release-1", "--quiet", env=env, check=False)
-    assert refused.returncode != 0
-    assert "release-1 already exists with another digest" in refused.stderr and "IMMUTABLE" in refused.stderr
-    assert ecr_registry.manifest_digest("smkit-xgboost", "release-1") == digest
     # Refused before any upload: the changed script layer never reached the registry, nor did its new tag.
     assert ecr_registry.blob_count() == blobs
     assert ecr_registry.manifest_digest("smkit-xgboost", manifest_entry(project)["tag"]) is None
+    assert ecr_registry.manifest_digest("smkit-xgboost", "release-1") == digest
+    assert refused.returncode != 0
+    assert "release-1 already exists with another digest" in refused.stderr and "IMMUTABLE" in refused.stderr
     assert "Traceback" not in refused.stderr
 
 
