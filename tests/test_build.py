@@ -161,6 +161,8 @@ def test_ecr_push_creates_a_safe_repository_and_logs_in_for_this_push_only(proje
                       "--quiet", env=env)
     assert manifest_entry(project)["pushed"]["skipped"] is True and "nothing pushed" in again.stderr
     assert "created ECR repository" not in again.stderr
+    # Without --immutable-tags/--mutable-tags an existing repository is left as it is.
+    assert ecr.describe_repositories(repositoryNames=["smkit-xgboost"])["repositories"][0]["imageTagMutability"] == "IMMUTABLE"
     assert len(moto.requests("GetAuthorizationToken")) == 2  # still a fresh token for every push
     # The ECR token (what moto's GetAuthorizationToken hands out) never reaches the output, the labels or
     # build/images.json: neither the token nor the password inside it, raw or base64.
@@ -309,3 +311,28 @@ def test_tags_and_labels_follow_git(project, docker_client):
     (project / "train_scripts" / "xgboost" / "train.py").write_text("print('version 1')\n")
     run_build(project, "build", "--image", "xgboost", "--base", "local")
     assert manifest_entry(project)["tag"] == clean["tag"]
+
+
+def test_an_image_that_is_not_linux_amd64_is_refused(docker_client):
+    """docs/build.md: anything but linux/amd64 is refused before it can reach a registry (SageMaker would
+    fail it with `exec format error`). FROM scratch + COPY builds for arm64 without emulation."""
+    import io
+    import tarfile
+
+    from smkit import builder
+    from smkit.errors import BuildFailed
+
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        for name, data in (("Dockerfile", b"FROM scratch\nCOPY one /one\n"), ("one", b"1\n")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    context.seek(0)
+    image, _ = docker_client.images.build(fileobj=context, custom_context=True, platform="linux/arm64",
+                                          tag="smkit-test/arm64:latest", rm=True)
+    assert image.attrs["Architecture"] == "arm64"
+    with pytest.raises(BuildFailed) as refused:
+        builder.check_platform("smkit-test/arm64:latest")
+    assert "linux/arm64" in refused.value.what and "linux/amd64" in refused.value.what
+    builder.check_platform(docker_client.images.get("smkit/standin-xgboost:latest").id)  # the stand-in passes
