@@ -8,7 +8,8 @@
     python build.py doctor                      # check engine, compose, AWS, registry; print fixes
     python build.py list                        # what each image resolves to
 
-`make build push` wraps it. Every command takes --help; `build` and `push` take --dry-run.
+`make build push` wraps it. Every command takes --help; every command that changes something (build, push,
+bases) takes --dry-run; doctor and list only read.
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ def cmd_push(args) -> int:
                 console.out.print(f"  1. HEAD {host}/v2/<repo>/manifests/{entry['tag']} (credentials from the docker config)")
             else:
                 console.out.print(f"  1. ecr describe-repositories {spec.repository} --region {region}; create it if missing "
-                                  "(scan on push, AES256/KMS encryption, lifecycle policy for untagged images"
+                                  "(scan on push, " + (f"KMS encryption with {args.kms_key}" if args.kms_key else "AES256 encryption")
+                                  + ", lifecycle policy: untagged images expire after 14 days"
                                   + (", IMMUTABLE tags" if args.immutable_tags else "") + ")")
                 console.out.print(f"  2. ecr get-authorization-token --region {region} (a login for this push only)")
                 console.out.print(f"  3. HEAD <registry>/v2/{spec.repository}/manifests/{entry['tag']}: skip if it is this image")
@@ -156,6 +158,11 @@ def cmd_bases(args) -> int:
 
     frameworks = args.framework or sorted(standin.STANDINS)
     for framework in frameworks:
+        if args.dry_run:
+            console.out.print(f"{framework}: docker build -t {standin.STANDINS[framework]} containers/standin/{framework} "
+                              f"(--python-base {args.python_base}; skipped when an image with the same inputs exists"
+                              + ("" if not args.force else "; --force: rebuilt anyway") + ")")
+            continue
         name = standin.ensure_standin(framework, python=args.python_base, verbose=args.verbose, force=args.force)
         console.out.print(f"{framework}: {name}")
     return 0
@@ -227,6 +234,7 @@ def parser() -> argparse.ArgumentParser:
     bases_cmd.add_argument("--python-base", default="auto", metavar="auto|debootstrap|IMAGE")
     bases_cmd.add_argument("--force", action="store_true", help="rebuild even if up to date")
     bases_cmd.add_argument("--verbose", action="store_true")
+    bases_cmd.add_argument("--dry-run", action="store_true", help="print what would be built; build nothing")
     bases_cmd.set_defaults(func=cmd_bases)
     return top
 

@@ -227,10 +227,21 @@ def cmd_demo(args) -> int:
         image, image_name = resolve_image(name)
         channels, hyperparameters = sample_job(image_name or name)
         spec = JobSpec(image=image, image_name=image_name, channels=channels, hyperparameters=hyperparameters, sdk=args.sdk)
-        code = run_and_report(lambda: backends.run(spec, args.backend, runs_dir=Path(args.runs_dir),
-                                                   stream=not args.quiet, timeout=args.timeout))
+        if args.dry_run:
+            print_local_plan(spec, args.backend)
+            continue
+        finished = []
+
+        def job(spec=spec):
+            finished.append(backends.run(spec, args.backend, runs_dir=Path(args.runs_dir), stream=not args.quiet,
+                                         timeout=args.timeout))
+            return finished[-1]
+
+        code = run_and_report(job)
         if code > 1:  # stopped by a signal: no further images
             return code
+        if code == 0 and finished and finished[-1].model_artifact:
+            console.out.print(f"[bold green]{name}: the model is at {finished[-1].model_artifact}[/]")
         failures += code
     return 1 if failures else 0
 
@@ -243,6 +254,9 @@ def cmd_clean(args) -> int:
     if not runs.exists():
         return 0
     for run in sorted(p for p in runs.iterdir() if p.is_dir()):
+        if args.dry_run:
+            console.out.print(f"would stop the containers of {run} and remove it")
+            continue
         stop_containers(run)
         remove_containers(RUN_DIR_LABEL, str(run.resolve()))
         remove_networks(RUN_DIR_LABEL, str(run.resolve()))
@@ -340,6 +354,7 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--runs-dir", default=str(RUNS_DIR))
     demo.add_argument("--timeout", type=float)
     demo.add_argument("--quiet", action="store_true")
+    demo.add_argument("--dry-run", action="store_true", help="print the job each image would run; run nothing")
     demo.set_defaults(func=cmd_demo)
 
     runs = sub.add_parser("runs", help="list past local runs, newest first: image, backend, hyperparameters, final metrics, time",
@@ -356,6 +371,7 @@ def parser() -> argparse.ArgumentParser:
 
     clean = sub.add_parser("clean", help="remove local run directories (root-owned files too) and their containers")
     clean.add_argument("--runs-dir", default=str(RUNS_DIR))
+    clean.add_argument("--dry-run", action="store_true", help="print what would be removed; remove nothing")
     clean.set_defaults(func=cmd_clean)
     return top
 

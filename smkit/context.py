@@ -40,12 +40,17 @@ SECRET_PATTERNS = [
     "**/.pypirc",
     "**/.git-credentials",
 ]
-# Contents that give a secret away whatever the file is called (a renamed docker config, a key, AWS keys).
+# Contents that give a secret away whatever the file is called: a private key, AWS keys, a (renamed)
+# docker config, and tokens whose shape is their own (GitHub, PyPI, npm, Slack).
 SECRET_CONTENT = re.compile(
     rb"-----BEGIN [A-Z ]*PRIVATE KEY-----"
-    rb"|aws_secret_access_key"
+    rb"|aws_secret_access_key|aws_session_token"
     rb'|"auths"\s*:\s*\{'
     rb"|AKIA[0-9A-Z]{16}"
+    rb"|\bgh[pousr]_[A-Za-z0-9]{36}|\bgithub_pat_[A-Za-z0-9_]{22,}"
+    rb"|\bpypi-AgEIcHlwaS5vcmc"
+    rb"|_authToken\s*="
+    rb"|\bxox[abposr]-[A-Za-z0-9-]{10,}"
 )
 # Files larger than this are not scanned for secret contents (data files, wheels).
 SCAN_LIMIT = 4 * 1024 * 1024

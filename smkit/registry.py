@@ -3,14 +3,16 @@
 - The registry's own API is asked first (HEAD /v2/<repo>/manifests/<tag>): when the tag already
   points at the digest this image was pushed as, nothing is pushed at all.
 - The engine pushes layers first and the manifest last, so a push that breaks off never moves a tag to
-  an incomplete image; a transient failure (connection refused or reset, 5xx, timeouts) is retried
-  with backoff, a refusal (bad or expired credentials, denied) is reported at once with its fix.
+  an incomplete image; a transient failure (connection refused or reset, 5xx, timeouts), of the push
+  or of a registry API request, is retried with exponential backoff (backoff, 2x, 4x, ...); a refusal
+  (bad or expired credentials, denied) is reported at once with its fix, after one attempt.
 - The digest printed is the one the registry answers for the tag after the push.
 """
 
 from __future__ import annotations
 
 import base64
+import http.client
 import ipaddress
 import json
 import re
@@ -40,6 +42,7 @@ TRANSIENT = re.compile(
     r"blob upload unknown|no route to host|i/o|tls handshake",
     re.IGNORECASE,
 )
+API_TIMEOUT = 30.0  # seconds a registry API request may take before it counts as a (transient) timeout
 REFUSED = re.compile(r"unauthorized|authentication required|denied|no basic auth|forbidden|\b401\b|\b403\b", re.IGNORECASE)
 
 
@@ -98,10 +101,10 @@ def ecr_target(region: str, repository: str, registry_host: str | None = None, i
 # The registry API (for the digest of a tag)
 
 
-def _request(url: str, method: str, headers: dict) -> tuple[int, dict, bytes]:
+def _request(url: str, method: str, headers: dict, timeout: float = API_TIMEOUT) -> tuple[int, dict, bytes]:
     request = urllib.request.Request(url, method=method, headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read()
@@ -122,7 +125,7 @@ def _bearer_token(challenge: str, auth: dict | None) -> str | None:
     return data.get("token") or data.get("access_token")
 
 
-def remote_digest(target: Target, tag: str) -> str | None:
+def remote_digest(target: Target, tag: str, timeout: float = API_TIMEOUT) -> str | None:
     """The manifest digest the registry holds for `tag`, or None if the tag does not exist."""
     scheme = "http" if _loopback(target.registry) else "https"
     url = f"{scheme}://{target.registry}/v2/{target.repository}/manifests/{tag}"
@@ -131,13 +134,13 @@ def remote_digest(target: Target, tag: str) -> str | None:
     if auth and auth.get("username"):
         headers["Authorization"] = "Basic " + base64.b64encode(f"{auth['username']}:{auth['password']}".encode()).decode()
     try:
-        status, response_headers, _ = _request(url, "HEAD", headers)
+        status, response_headers, _ = _request(url, "HEAD", headers, timeout)
         if status == 401 and "bearer" in response_headers.get("www-authenticate", "").lower():
             token = _bearer_token(response_headers["www-authenticate"], auth)
             if token:
                 headers["Authorization"] = f"Bearer {token}"
-                status, response_headers, _ = _request(url, "HEAD", headers)
-    except OSError as exc:
+                status, response_headers, _ = _request(url, "HEAD", headers, timeout)
+    except (OSError, http.client.HTTPException) as exc:  # refused, reset, timed out, a broken answer
         raise RegistryError(
             f"The registry {target.registry} cannot be reached ({exc}).",
             "check the address and that the registry is running (`python build.py doctor --registry ...`)",
@@ -216,9 +219,29 @@ def _push_once(target: Target, tag: str, progress: Progress | None) -> tuple[str
     return digest, len(pushed), len(existing), sum(totals.get(layer, 0) for layer in pushed)
 
 
+def _retrying(what: str, call, retries: int, backoff: float):
+    """`call()`, retried while it fails with a transient RegistryError: at most `retries` more times,
+    waiting backoff, 2 x backoff, 4 x backoff, ... in between. Anything else is raised at once."""
+    attempt, delay = 0, backoff
+    while True:
+        attempt += 1
+        try:
+            return call()
+        except RegistryError as exc:
+            if not exc.transient or attempt > retries:
+                raise
+            console.warn(f"{what} attempt {attempt} failed ({exc.what}); retrying in {delay:g}s")
+            time.sleep(delay)
+            delay *= 2
+
+
 def push(local_ref: str, target: Target, tag: str, extra_tags: list[str] = (), retries: int = 4,
-         backoff: float = 2.0, show_progress: bool = True) -> PushResult:
-    """Push `local_ref` as target:tag (and extra moving tags), skipping it if the registry has it already."""
+         backoff: float = 2.0, show_progress: bool = True, api_timeout: float = API_TIMEOUT) -> PushResult:
+    """Push `local_ref` as target:tag (and extra moving tags), skipping it if the registry has it already.
+
+    Transient failures (of the push and of each registry API request) are retried up to `retries` times
+    with exponential backoff starting at `backoff` seconds; a registry API request that takes longer
+    than `api_timeout` seconds is such a failure."""
     client = engine.client()
     try:
         image = client.images.get(local_ref)
@@ -226,11 +249,15 @@ def push(local_ref: str, target: Target, tag: str, extra_tags: list[str] = (), r
         raise ConfigError(f"The image {local_ref} is not in the local engine.", "build it first: `make build`") from None
     started = time.monotonic()
     image_uri = f"{target.image}:{tag}"
-    remote = remote_digest(target, tag)
+    def digest_of(name: str) -> str | None:
+        return _retrying(f"registry API request ({target.registry}/{target.repository}:{name})",
+                         lambda: remote_digest(target, name, api_timeout), retries, backoff)
+
+    remote = digest_of(tag)
     known = {d.split("@", 1)[1] for d in image.attrs.get("RepoDigests", []) if d.startswith(target.image + "@")}
     if target.immutable:
         # Check every tag before uploading anything: an immutable repository must not end half-tagged.
-        for name, digest in [(tag, remote)] + [(extra, remote_digest(target, extra)) for extra in extra_tags]:
+        for name, digest in [(tag, remote)] + [(extra, digest_of(extra)) for extra in extra_tags]:
             if digest is not None and digest not in known:
                 raise RegistryError(
                     f"{target.image}:{name} already exists with another digest ({digest}) and the repository's tags are IMMUTABLE.",
@@ -244,7 +271,7 @@ def push(local_ref: str, target: Target, tag: str, extra_tags: list[str] = (), r
     result = _tag_and_push(image, target, tag, retries, backoff, show_progress)
     for extra in extra_tags:
         _tag_and_push(image, target, extra, retries, backoff, show_progress)
-    confirmed = remote_digest(target, tag)
+    confirmed = digest_of(tag)
     if confirmed != result.digest:
         raise RegistryError(
             f"After the push, the registry reports {confirmed} for {image_uri}, not {result.digest}.",
@@ -287,6 +314,6 @@ def _tag_and_push(image, target: Target, tag: str, retries: int, backoff: float,
                     "layers already uploaded are not sent twice",
                     transient=bool(TRANSIENT.search(message)),
                 ) from None
-            console.warn(f"push attempt {attempt} failed ({message}); retrying in {delay:.0f}s")
+            console.warn(f"push attempt {attempt} failed ({message}); retrying in {delay:g}s")
             time.sleep(delay)
             delay *= 2

@@ -7,6 +7,7 @@ reach a real AWS endpoint by accident.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import socket
@@ -35,7 +36,7 @@ def docker_client():
     from smkit import engine
 
     client = engine.client()
-    before, known = _tags(client), {image.id for image in client.images.list()}
+    before, known = _tags(client), {image["Id"] for image in client.api.images()}
     yield client
     # SMKIT_TESTS_KEEP_TAGS=1: several suites share one engine (parallel worktrees); a session must not untag
     # what another one is still using. Off by default: a plain `make test` leaves the tags as it found them.
@@ -48,7 +49,8 @@ _CACHED = ("smkit/standin-", "smkit/python-debian")
 
 
 def _tags(client) -> dict[str, str]:
-    return {tag: image.id for image in client.images.list() for tag in image.tags}
+    # One listing call (images.list() fetches each image again: another suite may remove one meanwhile).
+    return {tag: image["Id"] for image in client.api.images() for tag in image.get("RepoTags") or [] if tag != "<none>:<none>"}
 
 
 def _restore_tags(client, before: dict[str, str], known: set[str]) -> None:
@@ -104,6 +106,23 @@ def tiny_image(docker_client, standin_xgboost) -> str:
     outcome = builder.build(ctx, dockerfile="Dockerfile", tag="smkit-test/tiny-xgboost:latest",
                             buildargs={"BASE_IMAGE": standin_xgboost}, title="tiny")
     return outcome.image_id
+
+
+@pytest.fixture(scope="session")
+def scratch_project(tmp_path_factory) -> Path:
+    """A copy of the project (images.toml, containers/, train_scripts/) for tests that build it."""
+    from tests.projects import copy_project
+
+    return copy_project(tmp_path_factory.mktemp("project"))
+
+
+@pytest.fixture(scope="session")
+def project_images(scratch_project, standin_xgboost, standin_pytorch) -> dict[str, str]:
+    """Both images of images.toml, built on the stand-in bases as `make build BASE=local` builds them,
+    in a scratch copy of the project: name -> local image reference."""
+    from tests.projects import build_local
+
+    return build_local(scratch_project)
 
 
 @pytest.fixture(scope="session")
@@ -168,3 +187,58 @@ def no_network_beyond_loopback():
     start = len(NETWORK_VIOLATIONS)
     yield
     assert NETWORK_VIOLATIONS[start:] == [], f"the test tried to reach the network: {NETWORK_VIOLATIONS[start:]}"
+
+
+# -------------------------------------------------------------------------------------------------
+# The suite never writes into the checkout: its build/images.json (the user's pinned digests), its
+# local_mode/runs/ and the images its manifest names are the same after the session as before. Any
+# change fails the session (exit status 1), naming what changed.
+
+_CHECKOUT = Path(__file__).resolve().parent.parent
+
+
+def _checkout_state() -> dict[str, object]:
+    manifest = _CHECKOUT / "build" / "images.json"
+    runs = _CHECKOUT / "local_mode" / "runs"
+    state: dict[str, object] = {
+        "build/images.json": hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.exists() else None,
+        "local_mode/runs/": sorted(p.name for p in runs.iterdir()) if runs.is_dir() else [],
+    }
+    try:  # where each image the checkout's manifest names points (its tags are the user's)
+        import json
+
+        import docker
+
+        entries = json.loads(manifest.read_text()).get("images", {}).values() if manifest.exists() else []
+        refs = [e.get("local_ref") for e in entries]
+        refs += [f"{e['repository']}:{tag}" for e in entries if e.get("repository") for tag in e.get("moving_tags") or []]
+        client = docker.from_env(timeout=10)
+        for ref in filter(None, refs):
+            try:
+                state[f"tag {ref}"] = client.images.get(ref).id
+            except docker.errors.ImageNotFound:
+                state[f"tag {ref}"] = None
+    except Exception:  # no engine: only the files are compared
+        pass
+    return state
+
+
+def pytest_sessionstart(session):
+    session.config._smkit_checkout_state = _checkout_state()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    before = getattr(session.config, "_smkit_checkout_state", None)
+    if before is None:
+        return
+    after = _checkout_state()
+    changed = [key for key in sorted(set(before) | set(after)) if before.get(key) != after.get(key)]
+    if changed:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        message = f"the test session changed the checkout: {', '.join(changed)} (tests must use scratch projects)"
+        if reporter is not None:
+            reporter.ensure_newline()
+            reporter.write_line(f"FAILED {message}", red=True, bold=True)
+        else:
+            print(message, file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

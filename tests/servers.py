@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import tempfile
 import time
@@ -143,16 +144,27 @@ class Registry:
 class FaultyProxy:
     """A reverse proxy in front of a registry that injects faults into chosen requests.
 
-    `rule(method, path, seen)` is asked for every request (`seen`: how many requests matched so far
-    for that rule's own bookkeeping is up to the rule); it returns None to pass the request through, or
-    (status, body) to answer with that instead. Docker pushes to it as to any registry on loopback.
+    `rule(method, path)` is asked for every request (counting is up to the rule); it returns None to
+    pass the request through, or a fault:
+    - (status, body): answer with that instead (e.g. 503, a counted number of times);
+    - RESET: drop the connection with a TCP reset (the client sees "connection reset by peer");
+    - (STALL, seconds): answer nothing for that long, then drop the connection (the client times out).
+    `start(refuse_for=s)` listens only after s seconds: until then every connection is refused.
+    Docker pushes to it as to any registry on loopback. `log` holds (method, path, status) per request,
+    `events` (monotonic time, method, path, status or fault name), so tests can count attempts and
+    measure the waits between them.
     """
+
+    RESET = "reset"
+    STALL = "stall"
 
     def __init__(self, upstream: str, rule):
         import http.server
 
         self.upstream, self.rule, self.port = upstream, rule, free_port()
         self.log: list[tuple[str, str, int]] = []
+        self.events: list[tuple[float, str, str, object]] = []
+        self.server = None
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -178,8 +190,18 @@ class FaultyProxy:
 
                 body = self._body()
                 fault = proxy.rule(self.command, self.path)
+                if fault == FaultyProxy.RESET or (isinstance(fault, tuple) and fault[0] == FaultyProxy.STALL):
+                    proxy.events.append((time.monotonic(), self.command, self.path, fault if fault == FaultyProxy.RESET else fault[0]))
+                    if fault != FaultyProxy.RESET:
+                        time.sleep(fault[1])
+                    # SO_LINGER 0: close() sends RST instead of FIN.
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.connection.close()
+                    self.close_connection = True
+                    return
                 if fault is not None:
                     status, payload = fault
+                    proxy.events.append((time.monotonic(), self.command, self.path, status))
                     proxy.log.append((self.command, self.path, status))
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
@@ -194,6 +216,7 @@ class FaultyProxy:
                 response = connection.getresponse()
                 payload = response.read()
                 proxy.log.append((self.command, self.path, response.status))
+                proxy.events.append((time.monotonic(), self.command, self.path, response.status))
                 self.send_response(response.status)
                 for key, value in response.getheaders():
                     if key.lower() not in ("transfer-encoding", "content-length", "connection"):
@@ -206,21 +229,39 @@ class FaultyProxy:
 
             do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        class Server(http.server.ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request, client_address):  # a connection the proxy reset on purpose
+                pass
+
+        self._make_server = lambda: Server(("127.0.0.1", self.port), Handler)
 
     @property
     def host(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self) -> "FaultyProxy":
+    def start(self, refuse_for: float = 0.0) -> "FaultyProxy":
         import threading
 
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.listening_at = time.monotonic() + refuse_for
+        if refuse_for <= 0:
+            self.server = self._make_server()
+            threading.Thread(target=self.server.serve_forever, daemon=True).start()
+            return self
+
+        def listen_later():
+            time.sleep(refuse_for)
+            self.server = self._make_server()
+            self.server.serve_forever()
+
+        threading.Thread(target=listen_later, daemon=True).start()
         return self
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
 
 
 @dataclass

@@ -128,14 +128,14 @@ def ecr_registry():
     server.stop()
 
 
-def test_ecr_push_creates_a_safe_repository_and_logs_in_for_this_push_only(project, moto, ecr_registry, tmp_path):
+def test_ecr_push_creates_a_safe_repository_and_logs_in_for_this_push_only(project, moto, ecr_registry, tmp_path, docker_client):
     docker_dir = tmp_path / "docker"
     docker_dir.mkdir()
     env = {"AWS_ENDPOINT_URL": moto.url, "DOCKER_CONFIG": str(docker_dir)}
     run_build(project, "build", "--image", "xgboost", "--base", "local")
     tag = manifest_entry(project)["tag"]
     out = run_build(project, "push", "--image", "xgboost", "--region", "us-east-1", "--registry-host", ecr_registry.host,
-                    "--immutable-tags", "--tag", "release-1", "--quiet", env=env)
+                    "--immutable-tags", "--tag", "release-1", "--verbose", env=env)
     assert "created ECR repository smkit-xgboost" in out.stderr
 
     ecr = boto3.client("ecr", region_name="us-east-1", endpoint_url=moto.url)
@@ -144,7 +144,10 @@ def test_ecr_push_creates_a_safe_repository_and_logs_in_for_this_push_only(proje
     assert repo["encryptionConfiguration"]["encryptionType"] == "AES256"
     assert repo["imageTagMutability"] == "IMMUTABLE"
     policy = json.loads(ecr.get_lifecycle_policy(repositoryName="smkit-xgboost")["lifecyclePolicyText"])
-    assert policy["rules"][0]["selection"]["tagStatus"] == "untagged"
+    # Untagged images expire 14 days after their push (docs/build.md).
+    assert [rule["selection"] for rule in policy["rules"]] == [
+        {"tagStatus": "untagged", "countType": "sinceImagePushed", "countUnit": "days", "countNumber": 14}]
+    assert [rule["action"] for rule in policy["rules"]] == [{"type": "expire"}]
     assert len(moto.requests("GetAuthorizationToken")) == 1  # a fresh token for this push
     # The token was used for this push only: nothing was written to the docker config.
     assert not (docker_dir / "config.json").exists()
@@ -158,23 +161,60 @@ def test_ecr_push_creates_a_safe_repository_and_logs_in_for_this_push_only(proje
                       "--quiet", env=env)
     assert manifest_entry(project)["pushed"]["skipped"] is True and "nothing pushed" in again.stderr
     assert "created ECR repository" not in again.stderr
+    # Without --immutable-tags/--mutable-tags an existing repository is left as it is.
+    assert ecr.describe_repositories(repositoryNames=["smkit-xgboost"])["repositories"][0]["imageTagMutability"] == "IMMUTABLE"
     assert len(moto.requests("GetAuthorizationToken")) == 2  # still a fresh token for every push
+    # The ECR token (what moto's GetAuthorizationToken hands out) never reaches the output, the labels or
+    # build/images.json: neither the token nor the password inside it, raw or base64.
+    token = ecr.get_authorization_token()["authorizationData"][0]["authorizationToken"]
+    password = base64.b64decode(token).decode().split(":", 1)[1]
+    labels = json.dumps(docker_client.images.get(manifest_entry(project)["local_ref"]).labels)
+    for text in (out.stdout, out.stderr, again.stdout, again.stderr, labels, (project / "build" / "images.json").read_text()):
+        for form in (token, password, base64.b64encode(password.encode()).decode()):
+            assert form not in text
 
     # An immutable tag is never moved: a changed image under the same moving tag is refused up front.
     (project / "train_scripts" / "xgboost" / "train.py").write_text("print('changed')\n")
     run_build(project, "build", "--image", "xgboost", "--base", "local")
+    blobs = ecr_registry.blob_count()
     refused = run_build(project, "push", "--image", "xgboost", "--region", "us-east-1", "--registry-host", ecr_registry.host,
                         "--tag", "release-1", "--quiet", env=env, check=False)
+    # Refused before any upload: the changed script layer never reached the registry, nor did its new tag.
+    assert ecr_registry.blob_count() == blobs
+    assert ecr_registry.manifest_digest("smkit-xgboost", manifest_entry(project)["tag"]) is None
+    assert ecr_registry.manifest_digest("smkit-xgboost", "release-1") == digest
     assert refused.returncode != 0
     assert "release-1 already exists with another digest" in refused.stderr and "IMMUTABLE" in refused.stderr
-    assert ecr_registry.manifest_digest("smkit-xgboost", "release-1") == digest
     assert "Traceback" not in refused.stderr
 
 
-def test_dry_run_prints_every_action_and_touches_nothing(project, docker_client):
-    images_before = {i.id for i in docker_client.images.list(all=True)}
-    # No AWS endpoint answers: a dry run must not need one.
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}
+def test_kms_key_encrypts_a_new_repository_with_that_key(moto, project):
+    """`push --kms-key`: a repository created by the push is encrypted with that KMS key (ECR on moto)."""
+    from smkit import ecr as smkit_ecr
+
+    key = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    state = smkit_ecr.ensure_repository("us-east-1", "smkit-kms", kms_key=key)
+    assert state.created
+    ecr = boto3.client("ecr", region_name="us-east-1", endpoint_url=moto.url)
+    repo = ecr.describe_repositories(repositoryNames=["smkit-kms"])["repositories"][0]
+    assert repo["encryptionConfiguration"] == {"encryptionType": "KMS", "kmsKey": key}
+    # The CLI hands --kms-key through (its dry run names it), and without it a repository is AES256.
+    (project / "build").mkdir(exist_ok=True)
+    (project / "build" / "images.json").write_text(json.dumps({"schema": 1, "images": {"xgboost": {
+        "local_ref": "smkit-xgboost:nogit-0", "tag": "nogit-0", "moving_tags": []}}}))
+    dry = run_build(project, "push", "--image", "xgboost", "--region", "us-east-1", "--kms-key", key, "--dry-run",
+                    env={"AWS_ENDPOINT_URL": moto.url}).stdout
+    assert key in dry, dry
+    smkit_ecr.ensure_repository("us-east-1", "smkit-aes")
+    assert ecr.describe_repositories(repositoryNames=["smkit-aes"])["repositories"][0]["encryptionConfiguration"] == \
+        {"encryptionType": "AES256"}
+
+
+def test_dry_run_prints_every_action_and_touches_nothing(project, tmp_path):
+    # Neither an AWS endpoint nor a Docker engine answers: a dry run needs neither, so it can change
+    # neither (judged by what it can reach, not by listing the engine's images, which other suites
+    # sharing the engine change meanwhile).
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}", "DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"}
     out = run_build(project, "build", "--region", "us-east-1", "--dry-run", env=env).stdout
     xgboost_base = "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-xgboost:3.0-5"
     steps = [
@@ -188,7 +228,6 @@ def test_dry_run_prints_every_action_and_touches_nothing(project, docker_client)
     positions = [out.find(step) for step in steps]
     assert -1 not in positions and positions == sorted(positions), out
     assert "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.8.0-cpu-py312" in out
-    assert {i.id for i in docker_client.images.list(all=True)} == images_before
     assert not (project / "build").exists()
 
     (project / "build").mkdir()
@@ -249,12 +288,16 @@ def test_tags_and_labels_follow_git(project, docker_client):
     git("init", "-q")
     git("add", "-A")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "scripts v1")
+    git("remote", "add", "origin", "https://me:remote-token-123@git.example.com/team/repo.git")
     commit = subprocess.run(["git", "-C", str(project), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     run_build(project, "build", "--image", "xgboost", "--base", "local", "--tag", "latest")
     clean = manifest_entry(project)
     assert re.fullmatch(rf"{commit[:7]}-[0-9a-f]{{10}}", clean["tag"])
     labels = docker_client.images.get(clean["local_ref"]).labels
     assert labels["org.opencontainers.image.revision"] == commit
+    # The source is recorded without the user or token the remote URL carries.
+    assert labels["org.opencontainers.image.source"] == "https://git.example.com/team/repo.git"
+    assert "remote-token-123" not in json.dumps(labels) + (project / "build" / "images.json").read_text()
     assert docker_client.images.get("smkit-xgboost:latest").id == clean["image_id"]  # the moving tag
 
     # An edited input is never passed off as the commit.
@@ -366,3 +409,28 @@ def test_labels_go_on_an_image_without_entrypoint_or_command(docker_client):
                 docker_client.images.remove(f"{repository}:{tag}")
             except Exception:  # noqa: BLE001 - already gone
                 pass
+
+
+def test_an_image_that_is_not_linux_amd64_is_refused(docker_client):
+    """docs/build.md: anything but linux/amd64 is refused before it can reach a registry (SageMaker would
+    fail it with `exec format error`). FROM scratch + COPY builds for arm64 without emulation."""
+    import io
+    import tarfile
+
+    from smkit import builder
+    from smkit.errors import BuildFailed
+
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        for name, data in (("Dockerfile", b"FROM scratch\nCOPY one /one\n"), ("one", b"1\n")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    context.seek(0)
+    image, _ = docker_client.images.build(fileobj=context, custom_context=True, platform="linux/arm64",
+                                          tag="smkit-test/arm64:latest", rm=True)
+    assert image.attrs["Architecture"] == "arm64"
+    with pytest.raises(BuildFailed) as refused:
+        builder.check_platform("smkit-test/arm64:latest")
+    assert "linux/arm64" in refused.value.what and "linux/amd64" in refused.value.what
+    builder.check_platform(docker_client.images.get("smkit/standin-xgboost:latest").id)  # the stand-in passes

@@ -492,12 +492,10 @@ def run_spot(image: str, framework: str, root: Path) -> Spot:
 
 
 @pytest.fixture(scope="module")
-def built_images(standin_xgboost, standin_pytorch) -> dict[str, str]:
-    """Both images of images.toml on the stand-in bases, as `make build BASE=local` builds them."""
-    from smkit import catalog, images
-
-    specs = catalog.load()
-    return {name: images.build_image(specs[name], base_choice="local").ref for name in ("xgboost", "pytorch")}
+def built_images(project_images) -> dict[str, str]:
+    """Both images of images.toml on the stand-in bases, as `make build BASE=local` builds them (in a
+    scratch copy of the project: the checkout's build/images.json is never rewritten)."""
+    return project_images
 
 
 @pytest.fixture(scope="module")

@@ -68,6 +68,20 @@ def test_context_refuses_secrets_by_name_and_content(tmp_path):
         ctx.add("missing")
 
 
+@pytest.mark.parametrize("text", [
+    "ghp_" + "a1" * 18, "github_pat_" + "A1b2" * 6, "pypi-AgEIcHlwaS5vcmc" + "x" * 20,
+    "//npm.example.com/:_authToken=abc", "xoxb-1234567890-abcdef", "aws_session_token = abc",
+    "key = AKIA" + "ABCDEFGHIJKLMNOP", "-----BEGIN EC PRIVATE KEY-----", "-----BEGIN PRIVATE KEY-----",
+])
+def test_context_refuses_tokens_and_keys_by_their_shape(tmp_path, text):
+    root = make_tree(tmp_path)
+    (root / "scripts" / "settings.yaml").write_text(f"value: {text}\n")
+    ctx = BuildContext(root)
+    ctx.add("scripts")
+    assert dict(ctx.left_out) == {"scripts/settings.yaml": "its contents look like a credential or a private key"}
+    assert "scripts/settings.yaml" not in ctx.files
+
+
 def write_toml(tmp_path, body: str) -> Path:
     path = tmp_path / "images.toml"
     path.write_text(textwrap.dedent(body))
