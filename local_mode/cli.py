@@ -87,6 +87,9 @@ def build_spec(args) -> JobSpec:
         checkpoint_local_path=args.checkpoint_local_path,
     )
     if args.cloud:
+        from local_mode import cloud
+
+        spec.metric_definitions = cloud.metric_definitions(image_name, Path(args.runs_dir))
         spec.role = args.role or ""
         spec.output_path = args.output_path
         spec.checkpoint_s3_uri = args.checkpoint_s3_uri

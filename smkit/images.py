@@ -15,14 +15,15 @@ import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 
 import docker.errors
 
-from smkit import bases, builder, console, ecr, engine, manifest, standin, tags
+from smkit import bases, builder, console, dockerfile, ecr, engine, manifest, standin, tags
 from smkit.catalog import ImageSpec
 from smkit.context import BuildContext, build_ca_bundle
 from smkit.errors import BuildFailed, ToolkitError
-from smkit.paths import PROJECT
+from smkit.paths import PROJECT, TEMPLATE
 
 LABEL_PREFIX = "io.smkit"
 
@@ -50,20 +51,50 @@ class BuiltImage:
 
 
 def spec_context(spec: ImageSpec) -> BuildContext:
+    """The build context: with the template, the scripts at code/ and the requirements at requirements.txt
+    (fixed paths the template reads); with the image's own Dockerfile, every input at its project path."""
     ctx = BuildContext(PROJECT)
-    for path in spec.build_inputs:
-        ctx.add(path)
+    if spec.dockerfile:
+        for path in spec.build_inputs:
+            ctx.add(path)
+    else:
+        ctx.add_bytes(dockerfile.CONTEXT_DOCKERFILE, dockerfile.template_text().encode())
+        if spec.requirements:
+            ctx.add(spec.requirements, dest=dockerfile.REQUIREMENTS)
+        else:
+            ctx.add_bytes(dockerfile.REQUIREMENTS, b"# no extra dependencies (images.toml names no requirements)\n")
+        for scripts in spec.scripts:
+            # A requirements.txt next to the script is baked at build time, never left for job start.
+            ctx.add(scripts, dest=dockerfile.CODE_DIR, skip=(spec.requirements,) if spec.requirements else ())
     ctx.add_bytes("build-ca.crt", build_ca_bundle())
     return ctx
+
+
+def script_prefixes(spec: ImageSpec) -> tuple[str, ...]:
+    """Where the scripts sit in the build context."""
+    return spec.scripts if spec.dockerfile else (dockerfile.CODE_DIR,)
 
 
 def scripts_digest(ctx: BuildContext, spec: ImageSpec) -> str:
     digests = ctx.file_digests()
     h = hashlib.sha256()
     for name, file_hash in digests.items():
-        if any(name.startswith(prefix.rstrip("/") + "/") for prefix in spec.scripts):
+        if any(name.startswith(prefix.rstrip("/") + "/") for prefix in script_prefixes(spec)):
             h.update(f"{name}\0{file_hash}\n".encode())
     return h.hexdigest()
+
+
+def dockerfile_plan(spec: ImageSpec, base_uri: str) -> tuple[str, str, dict[str, str]]:
+    """(the Dockerfile as a person finds it, its path in the context, the build args)."""
+    buildargs = {"BASE_IMAGE": base_uri, "PROGRAM": spec.program}
+    if spec.dockerfile:
+        dockerfile.check_agrees(spec, dockerfile.read(spec), buildargs)
+        return spec.dockerfile, spec.dockerfile, buildargs
+    try:
+        shown = str(TEMPLATE.relative_to(Path.cwd()))
+    except ValueError:
+        shown = str(TEMPLATE)
+    return shown, dockerfile.CONTEXT_DOCKERFILE, buildargs
 
 
 def _pull(reference: str, login: ecr.Login | None) -> None:
@@ -89,7 +120,7 @@ def ensure_base(base: bases.Base, spec: ImageSpec, dry_run: bool, python_base: s
     """Make the base image present in the engine; returns a description of what was (or would be) done."""
     if base.kind == "local":
         if dry_run:
-            return f"ensure the stand-in base {base.uri} (built from containers/standin/{spec.framework}/ if missing or stale)"
+            return f"ensure the stand-in base {base.uri} (built from {standin.standin_dir(spec.framework)}/ if missing or stale)"
         standin.ensure_standin(spec.framework, python=python_base, verbose=verbose)
         return "stand-in ready"
     if not dry_run and engine.image_exists(base.uri):
@@ -136,7 +167,7 @@ def labels_for(spec: ImageSpec, base: bases.Base, base_digest: str, inputs: str,
         "org.opencontainers.image.revision": commit,
         "org.opencontainers.image.base.name": base.uri,
         "org.opencontainers.image.base.digest": base_digest,
-        f"{LABEL_PREFIX}.framework": spec.framework,
+        f"{LABEL_PREFIX}.framework": spec.framework or "",
         f"{LABEL_PREFIX}.program": spec.program,
         f"{LABEL_PREFIX}.base-kind": base.kind,
         f"{LABEL_PREFIX}.inputs-sha256": inputs,
@@ -162,6 +193,7 @@ def build_image(
     """Build `spec`; with dry_run print every action in order and touch nothing."""
     started = time.monotonic()
     base = bases.resolve(spec, base_choice, region, processor)
+    shown_dockerfile, context_dockerfile, buildargs = dockerfile_plan(spec, base.uri)
     say = console.out.print if dry_run else console.note
     if dry_run:
         console.out.print(f"[bold]{spec.name}[/]: base {base.uri} ({base.kind})")
@@ -183,8 +215,7 @@ def build_image(
         if not dry_run:
             raise
         base_id = base_digest = "(not pulled yet)"
-    buildargs = {"BASE_IMAGE": base.uri}
-    inputs = ctx.digest(f"BASE_IMAGE={base.uri}", f"base={base_id}", f"platform={builder.PLATFORM}")
+    inputs = ctx.digest(*(f"{k}={v}" for k, v in sorted(buildargs.items())), f"base={base_id}", f"platform={builder.PLATFORM}")
     tag = tags.content_tag(inputs, list(spec.build_inputs))
     scripts = scripts_digest(ctx, spec)
     ref = f"{spec.repository}:{tag}"
@@ -192,8 +223,12 @@ def build_image(
 
     if dry_run:
         files = len(ctx.files)
-        say(f"  2. docker build --platform {builder.PLATFORM} --network host -f {spec.dockerfile} "
-            f"--build-arg BASE_IMAGE={base.uri} (context: {files} files, {ctx.size / 1024:.0f} KiB, inputs {inputs[:12]})")
+        args = " ".join(f"--build-arg {k}={v}" for k, v in buildargs.items())
+        what = "its own Dockerfile, checked against images.toml" if spec.dockerfile else \
+            "the smkit template; context: code/ = " + " + ".join(spec.scripts) + \
+            (f", requirements.txt = {spec.requirements}" if spec.requirements else ", no requirements")
+        say(f"  2. docker build --platform {builder.PLATFORM} --network host -f {shown_dockerfile} {args} "
+            f"({what}; {files} files, {ctx.size / 1024:.0f} KiB, inputs {inputs[:12]})")
         say(f"  3. docker run --rm --network none <image> python3 -m pip freeze (for the pip-freeze label)")
         say(f"  4. docker build (labels: git commit, base digest, inputs/scripts hashes, pip freeze) -t {ref}")
         for extra in moving:
@@ -210,7 +245,7 @@ def build_image(
         image_id, cached = existing.id, True
         console.note(f"{ref} is up to date (same inputs); nothing to build")
     else:
-        first = builder.build(ctx, dockerfile=spec.dockerfile, buildargs=buildargs, title=spec.name, verbose=verbose)
+        first = builder.build(ctx, dockerfile=context_dockerfile, buildargs=buildargs, title=spec.name, verbose=verbose)
         freeze = _pip_freeze(first.image_id)
         label_ctx = BuildContext(PROJECT)
         label_ctx.add_bytes("Dockerfile", f"FROM {first.image_id}\n".encode())
