@@ -12,8 +12,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_installed_smkit_works_in_a_project_outside_the_repository(tmp_path):
-    # A copy of the checkout (the build writes build/ and *.egg-info next to the sources, never into the checkout).
+def install_smkit(tmp_path: Path) -> Path:
+    """`pip install` (non-editable) of a copy of the checkout into tmp_path/site; returns the `smkit` script."""
+    # A copy: the build writes build/ and *.egg-info next to the sources, never into the checkout.
     files = subprocess.run(["git", "-C", str(REPO), "ls-files", "-co", "--exclude-standard"], capture_output=True,
                            text=True, check=True).stdout.split()
     source = tmp_path / "source"
@@ -25,16 +26,26 @@ def test_installed_smkit_works_in_a_project_outside_the_repository(tmp_path):
     # This interpreter's setuptools builds the wheel, offline; the dependencies are this interpreter's.
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
                     "--target", str(target), str(source)], check=True, capture_output=True, text=True)
-    smkit = target / "bin" / "smkit"
+    return target / "bin" / "smkit"
+
+
+def smkit_env(smkit: Path) -> dict:
+    """The environment of the installed command: its package first, no SMKIT_PROJECT (the current directory)."""
+    env = {k: v for k, v in os.environ.items() if k != "SMKIT_PROJECT"}
+    env.update(PYTHONPATH=str(smkit.parent.parent), COLUMNS="250")
+    return env
+
+
+def test_installed_smkit_works_in_a_project_outside_the_repository(tmp_path):
+    smkit = install_smkit(tmp_path)
+    target = smkit.parent.parent
     assert smkit.is_file()
     assert (target / "smkit" / "_containers" / "Dockerfile").read_text() == (REPO / "containers" / "Dockerfile").read_text()
     assert (target / "smkit" / "_containers" / "standin" / "real_bases.toml").is_file()
+    env = smkit_env(smkit)
 
     project = tmp_path / "team-repo"
     project.mkdir()
-    env = {k: v for k, v in os.environ.items() if k != "SMKIT_PROJECT"}
-    env.update(PYTHONPATH=str(target), COLUMNS="250")
-
     def run(*args: str) -> subprocess.CompletedProcess:
         proc = subprocess.run([sys.executable, str(smkit), *args], cwd=project, capture_output=True, text=True, env=env, timeout=300)
         assert proc.returncode == 0, proc.stdout + proc.stderr
