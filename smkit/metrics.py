@@ -8,7 +8,9 @@ tutorials print them:
     validation:accuracy = 0.7039
     epoch 3: loss: 0.52, accuracy: 0.91
 
-A name starts with a letter or `_` and may hold `: . / -` inside (`validation:accuracy`, `val/loss`); it
+A name is a metric when it appears on a `[kind step]` line or at least once with a fractional value
+(`threads=2`, `world_size=1` on their own are settings a script logs, not metrics). A name starts with a
+letter or `_` and may hold `: . / -` inside (`validation:accuracy`, `val/loss`); it
 stands at the start of the line or after a space, `,`, `;`, `|` or a bracket; the value is a plain or
 scientific number followed by the end of the line, a space, `,`, `;`, `|` or a closing bracket. The local
 parser and the cloud regex of each name are built from the same pieces below, so a line is a metric in
@@ -54,36 +56,49 @@ def definitions(names: Iterable[str]) -> list[dict[str, str]]:
     return [{"Name": name, "Regex": regex_for(name)} for name in unique]
 
 
-def parse_line(line: str) -> dict[str, float]:
-    """The metrics of one line (without a host prefix), in order; the last value of a repeated name wins."""
-    found: dict[str, float] = {}
+def _line_values(line: str) -> dict[str, str]:
+    found: dict[str, str] = {}
     for match in METRIC.finditer(line):
         name = match.group("name")
         if not ENVIRONMENT_NAME.match(name):
-            found[name] = float(match.group("value"))
+            found[name] = match.group("value")
     return found
+
+
+def parse_line(line: str) -> dict[str, float]:
+    """The name=value pairs of one line (without a host prefix), in order; the last of a repeated name wins."""
+    return {name: float(text) for name, text in _line_values(line).items()}
+
+
+def _whole(text: str) -> bool:
+    return not any(c in text for c in ".eE")
 
 
 def parse_log(log: str) -> tuple[dict[str, float], list[dict]]:
     """(last value of each metric, one {kind, step, host, metrics} per line that has metrics).
 
-    kind/step come from a `[round 12]` style prefix and are None on lines without one."""
-    final: dict[str, float] = {}
-    history: list[dict] = []
+    kind/step come from a `[round 12]` style prefix and are None on lines without one. A name is a metric
+    when it appears on a step line, or at least once with a value that is not a whole number: log lines such
+    as `distributed: world_size=1 rank=0` or `threads=2` are settings, not metrics. (Every line of a metric
+    counts, whole numbers included, so the values are those the name's cloud regex records.)"""
+    lines: list[tuple[str | None, str | None, str | None, dict[str, str]]] = []
+    metric_names: set[str] = set()
     for raw in log.splitlines():
         host, line = None, raw
         prefix = HOST_PREFIX.match(raw)
         if prefix:
             host, line = prefix.group("host"), raw[prefix.end():]
-        metrics = parse_line(line)
-        if not metrics:
+        values = _line_values(line)
+        if not values:
             continue
         step = STEP.search(line)
-        history.append({
-            "kind": step.group("kind") if step else None,
-            "step": step.group("step") if step else None,
-            "host": host,
-            "metrics": metrics,
-        })
-        final.update(metrics)
+        metric_names.update(name for name, text in values.items() if step or not _whole(text))
+        lines.append((step.group("kind") if step else None, step.group("step") if step else None, host, values))
+    final: dict[str, float] = {}
+    history: list[dict] = []
+    for kind, step, host, values in lines:
+        metrics = {name: float(text) for name, text in values.items() if name in metric_names}
+        if metrics:
+            history.append({"kind": kind, "step": step, "host": host, "metrics": metrics})
+            final.update(metrics)
     return final, history

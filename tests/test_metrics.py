@@ -71,10 +71,21 @@ def test_other_lines_are_no_metric_anywhere(line):
 
 
 def test_steps_and_ansi_colours():
-    log = "\x1b[36malgo-2_1  |\x1b[0m [epoch 2] validation:accuracy = 0.97\nplain: 1\n"
+    log = "\x1b[36malgo-2_1  |\x1b[0m [epoch 2] validation:accuracy = 0.97\nplain: 0.5\n"
     final, history = parse_metrics(log)
-    assert final == {"validation:accuracy": 0.97, "plain": 1.0}
+    assert final == {"validation:accuracy": 0.97, "plain": 0.5}
     assert [(h["kind"], h["step"], h["host"]) for h in history] == [("epoch", "2", "algo-2_1"), (None, None, None)]
+
+
+def test_names_only_ever_whole_numbers_off_step_lines_are_settings_not_metrics():
+    log = ("distributed: world_size=1 rank=0 backend=none threads=2\n"
+           "[round 1] train:error=0\n"           # a step line: a metric, whole or not
+           "errors: 3\nerrors: 0.5\nerrors: 2\n"  # once fractional: a metric, every line of it counts
+           "accuracy: 1.0\n")
+    final, history = parse_metrics(log)
+    assert final == {"train:error": 0.0, "errors": 2.0, "accuracy": 1.0}
+    assert [h["metrics"] for h in history if "errors" in h["metrics"]] == [{"errors": 3.0}, {"errors": 0.5}, {"errors": 2.0}]
+    assert cloud_values("errors", log) == [3.0, 0.5, 2.0]  # the same lines the cloud regex records
 
 
 def test_sm_contract_lines_match_the_cloud_definition():
