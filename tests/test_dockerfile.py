@@ -127,3 +127,20 @@ def test_handwritten_dockerfile_checks(text, message):
         with pytest.raises(ConfigError) as raised:
             dockerfile.check_agrees(spec, text, {"BASE_IMAGE": "b", "PROGRAM": spec.program})
         assert message in raised.value.what and raised.value.fix
+
+
+def test_any_base_image_by_uri(tmp_path, docker_client, standin_xgboost):
+    """base_uri: a team's own base, used as it is (no region, no SageMaker registry), with the template."""
+    project = make_project(tmp_path / "project")
+    with open(project / "images.toml", "a") as handle:
+        handle.write(f'\n[images.own-base]\nbase_uri = "{standin_xgboost}"\nscripts = "src/model"\nprogram = "fit.py"\n')
+    dry = run_build(project, "build", "--image", "own-base", "--dry-run", env={"AWS_REGION": "", "AWS_DEFAULT_REGION": ""})
+    assert f"own-base: base {standin_xgboost} (uri)" in dry.stdout
+    run_build(project, "build", "--image", "own-base")
+    entry = manifest_entry(project, "own-base")
+    assert entry["base"] == standin_xgboost and entry["base_kind"] == "uri" and entry["repository"] == "own-base"
+    out = docker_client.containers.run(entry["local_ref"], ["-c", "ls /opt/ml/code; echo $SAGEMAKER_PROGRAM"], entrypoint=["sh"],
+                                       remove=True, network_disabled=True).decode().split()
+    assert out == ["fit.py", "fit.py"]
+    refused = run_build(project, "build", "--image", "own-base", "--base", "local", check=False)
+    assert refused.returncode == 1 and "has no offline stand-in" in refused.stderr and "fix:" in refused.stderr
