@@ -96,7 +96,13 @@ def third_party_imports(source: str, filename: str) -> list[str]:
     return sorted({n for n in names if n not in stdlib}, key=str.lower)
 
 
-def requirements_text(framework: str, image: str, script: Path | None) -> str:
+def local_modules(source: Path) -> set[str]:
+    """The modules that sit next to a script (its own helpers), by import name."""
+    return {p.stem for p in source.parent.glob("*.py")} | {p.name for p in source.parent.iterdir()
+                                                          if p.is_dir() and (p / "__init__.py").exists()}
+
+
+def requirements_text(framework: str, image: str, script: Path | None, local: set[str] = frozenset()) -> str:
     base = bases()[framework]
     where = f"the prebuilt {framework} {base.version} base"
     if script is None:
@@ -108,6 +114,8 @@ def requirements_text(framework: str, image: str, script: Path | None) -> str:
              f"# Found from its imports; those {where} already ships are commented out",
              "# (containers/standin/real_bases.toml). Pin each to the version you tested with."]
     for module in third_party_imports(script.read_text(), str(script)):
+        if module in local:
+            continue  # a module of the user's own, next to the script: not a pip package
         package = PIP_NAMES.get(module, module)
         if normalize(package) in shipped:
             version = shipped[normalize(package)]
@@ -170,7 +178,15 @@ def init(project: Path, name: str, framework: str, source: Path | None = None) -
         shutil.copyfile(source, scripts / program)
     else:
         shutil.copyfile(EXAMPLES / f"{framework}.py", scripts / program)
-    (scripts / "requirements.txt").write_text(requirements_text(framework, name, scripts / program if source else None))
+    helpers = set()
+    if source:
+        imported = set(third_party_imports(source.read_text(), str(source)))
+        helpers = (local_modules(source) - {source.stem}) & imported
+        for helper in sorted(helpers):
+            console.warn(f"{source.name} imports {helper}, which sits next to it: copy it into train_scripts/{name}/ "
+                         "too (init copies the script alone)")
+    (scripts / "requirements.txt").write_text(
+        requirements_text(framework, name, scripts / program if source else None, helpers))
     written += [scripts / program, scripts / "requirements.txt"]
 
     bundled = BUNDLED_SAMPLES / base.samples
