@@ -56,3 +56,17 @@ def test_bring_your_own_script_runs_as_written(tmp_path, registry, standin_sklea
     pushed = json.loads((project / "build" / "images.json").read_text())["images"]["churn"]["pushed"]
     assert f"pinned:    {registry.host}/team/churn@{pushed['digest']}" in outputs[-1]
     assert registry.manifest_digest("team/churn", pushed["tags"][0]) == pushed["digest"]
+
+    # The cloud job of the same image gets a metric definition for each name the local run printed.
+    cloud = subprocess.run([sys.executable, str(smkit), "run", "--image", "churn", "--cloud", "--dry-run", "--region", "us-east-1",
+                            "--role", "arn:aws:iam::123456789012:role/SageMaker", "--channel", "train=s3://bucket/train",
+                            "--output-path", "s3://bucket/out"], cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    assert cloud.returncode == 0, cloud.stdout + cloud.stderr
+    request = json.loads(cloud.stdout)
+    definitions = request["AlgorithmSpecification"]["MetricDefinitions"]
+    assert [d["Name"] for d in definitions] == sorted(summary["metrics"])
+    assert request["AlgorithmSpecification"]["TrainingImage"] == f"{registry.host}/team/churn@{pushed['digest']}"
+    log = next((project / "local_mode" / "runs").glob("*/log.txt")).read_text()
+    for definition in definitions:  # each regex finds, in the local log, the value the summary shows
+        values = [float(m.group(1)) for m in map(re.compile(definition["Regex"]).search, log.splitlines()) if m]
+        assert values and values[-1] == summary["metrics"][definition["Name"]]
