@@ -92,6 +92,16 @@ def test_init_from_writes_requirements_from_the_imports(project):
     assert "# pandas  (the base ships it 2.2.3)" in lines and "# xgboost  (the base ships it 3.0.5)" in lines
     entry = (project / "images.toml").read_text()
     assert 'program = "xgboost_tutorial.py"' in entry and 'scripts = "train_scripts/tut"' in entry
+    # A helper module next to the script is the user's own code, not a pip package: init says to copy it.
+    source = project.parent / "src"
+    source.mkdir()
+    (source / "helpers.py").write_text("X = 1\n")
+    (source / "fit.py").write_text("import helpers\nimport requests\nfrom sklearn import tree\n")
+    proc = run_build(project, "init", "two", "--framework", "sklearn", "--from", str(source / "fit.py"))
+    assert "fit.py imports helpers, which sits next to it: copy it into train_scripts/two/" in proc.stderr
+    lines = (project / "train_scripts" / "two" / "requirements.txt").read_text().splitlines()
+    assert [line for line in lines if line and not line.startswith("#")] == ["requests"]
+    assert "# scikit-learn  (the base ships it 1.4.2)" in lines
 
 
 @pytest.mark.parametrize("framework,script,args,metrics", [
