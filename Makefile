@@ -4,6 +4,7 @@
 #                                 SageMaker local mode on the bundled sample data
 #   make test                     set up everything (virtualenvs, Docker engine, stand-in bases) and run the tests
 #   make build push REGION=...    build on the prebuilt SageMaker base and push to ECR
+#   make init IMAGE=name FRAMEWORK=xgboost|pytorch|sklearn [FROM=path/to/train.py]   a new image (build.py init)
 #
 # Variables (all optional):
 #   IMAGE=xgboost|pytorch   one image instead of all        BASE=aws|local|URI   base image (default aws)
@@ -24,6 +25,8 @@ REGION ?=
 TAG ?=
 REGISTRY ?=
 PROCESSOR ?=
+FRAMEWORK ?=
+FROM ?=
 ARGS ?=
 
 build_opts = $(if $(IMAGE),--image $(IMAGE)) --base $(BASE) $(if $(REGION),--region $(REGION)) \
@@ -32,12 +35,12 @@ push_opts = $(if $(IMAGE),--image $(IMAGE)) $(if $(REGION),--region $(REGION)) $
             $(if $(REGISTRY),--registry $(REGISTRY))
 
 .DEFAULT_GOAL := help
-.PHONY: help venv venv-sdk3 engine bases test test-fast demo build push list doctor local dev train-cloud bench lock clean \
+.PHONY: help venv venv-sdk3 engine bases test test-fast demo init build push list doctor local dev train-cloud bench lock clean \
         registry registry-stop
 
 help:
-	@sed -n '2,13p' Makefile | sed 's/^# \{0,1\}//'
-	@echo "targets: demo test build push list doctor local dev train-cloud registry registry-stop bench bases engine venv lock clean"
+	@sed -n '2,14p' Makefile | sed 's/^# \{0,1\}//'
+	@echo "targets: demo test init build push list doctor local dev train-cloud registry registry-stop bench bases engine venv lock clean"
 
 venv:
 	@tools/ensure-venv.sh requirements.lock $(VENV)
@@ -58,6 +61,9 @@ test: venv venv-sdk3 engine bases
 demo: venv engine bases
 	$(PY) build.py build --base local $(if $(IMAGE),--image $(IMAGE))
 	$(PY) -m local_mode demo $(if $(IMAGE),--image $(IMAGE))
+
+init: venv
+	$(PY) build.py init $(IMAGE) --framework $(FRAMEWORK) $(if $(FROM),--from $(FROM)) $(ARGS)
 
 build: venv engine
 	$(PY) build.py build $(build_opts) $(ARGS)

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Build, tag and push the training images listed in images.toml.
+"""Build, tag and push the training images listed in images.toml: a thin entry point of `smkit` (smkit/cli.py).
 
+    python build.py init NAME --framework xgboost  # a new image: script, requirements, sample data, images.toml entry
     python build.py build                       # every image, on the prebuilt SageMaker base of your region
     python build.py build --base local          # on the offline stand-in bases (no AWS needed)
     python build.py push                        # to ECR in your account (repository created if missing)
@@ -9,240 +10,18 @@
     python build.py list                        # what each image resolves to
 
 `make build push` wraps it. Every command takes --help; every command that changes something (build, push,
-bases) takes --dry-run; doctor and list only read.
+bases, init) takes --dry-run; doctor and list only read. The project is this checkout unless SMKIT_PROJECT
+names another directory.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from smkit import bases, catalog, console, manifest  # noqa: E402
-from smkit.errors import ToolkitError  # noqa: E402
-
-EXAMPLES = """\
-examples:
-  python build.py build --base local                 build both images offline (stand-in bases)
-  python build.py build --image xgboost --region eu-west-1 --tag latest
-  python build.py build --image pytorch --processor gpu
-  python build.py push --region us-east-1            push to <account>.dkr.ecr.us-east-1.amazonaws.com
-  python build.py push --registry 127.0.0.1:5000/ml  push to an OCI registry (after docker login)
-  python build.py build --dry-run                    print every docker/AWS action, touch nothing
-"""
-
-
-def cmd_build(args) -> int:
-    from smkit import images
-
-    specs = catalog.select(catalog.load(), args.image)
-    built = []
-    for spec in specs:
-        result = images.build_image(
-            spec,
-            base_choice=args.base,
-            region=args.region,
-            processor=args.processor,
-            moving_tags=args.tag or [],
-            python_base=args.python_base,
-            verbose=args.verbose,
-            dry_run=args.dry_run,
-        )
-        if result is not None:
-            built.append(result)
-    for result in built:
-        size = result.size / 1e9
-        console.out.print(f"[bold]{result.name}[/]  {result.ref}  ({size:.2f} GB, {result.build_seconds:.0f}s"
-                          + (", unchanged" if result.cached else "") + ")")
-    if built:
-        console.err.print(f"    recorded in {manifest.MANIFEST}; next: `make local IMAGE=<name>` or `make push`")
-    return 0
-
-
-def cmd_push(args) -> int:
-    from smkit import code, registry
-
-    specs = catalog.select(catalog.load(), args.image)
-    region = None if args.registry else bases.require_region(args.region)
-    for spec in specs:
-        entry = manifest.entry(spec.name)
-        tags = [t for t in entry.get("moving_tags", []) if t not in (args.tag or [])] + list(args.tag or [])
-        if args.dry_run:
-            console.out.print(f"[bold]{spec.name}[/]: {entry['local_ref']}")
-            console.out.print(f"  0. check the image's scripts-sha256 label is the hash of the working tree's {', '.join(spec.scripts)}")
-            if args.registry:
-                host = args.registry.split("/", 1)[0]
-                console.out.print(f"  1. HEAD {host}/v2/<repo>/manifests/{entry['tag']} (credentials from the docker config)")
-            else:
-                console.out.print(f"  1. ecr describe-repositories {spec.repository} --region {region}; create it if missing "
-                                  "(scan on push, " + (f"KMS encryption with {args.kms_key}" if args.kms_key else "AES256 encryption")
-                                  + ", lifecycle policy: untagged images expire after 14 days"
-                                  + (", IMMUTABLE tags" if args.immutable_tags else "") + ")")
-                console.out.print(f"  2. ecr get-authorization-token --region {region} (a login for this push only)")
-                console.out.print(f"  3. HEAD <registry>/v2/{spec.repository}/manifests/{entry['tag']}: skip if it is this image")
-            console.out.print(f"  -  docker tag + docker push {entry['local_ref']} -> <registry>/<repository>:{entry['tag']}"
-                              + "".join(f", :{t}" for t in tags) + " (retrying transient failures)")
-            console.out.print("  -  record image_uri and digest in build/images.json")
-            continue
-        # Never push code other than the working tree's (e.g. edits tried with `run --mount-code`, not rebuilt).
-        code.require_current(spec, entry["local_ref"])
-        if args.registry:
-            target = registry.oci_target(args.registry, spec.repository)
-        else:
-            target, state = registry.ecr_target(
-                region, spec.repository, registry_host=args.registry_host,
-                immutable=True if args.immutable_tags else (False if args.mutable_tags else None), kms_key=args.kms_key,
-            )
-            if state.created:
-                console.note(f"created ECR repository {state.name} (scan on push, {state.encryption} encryption, "
-                             f"lifecycle policy, {'IMMUTABLE' if state.immutable else 'MUTABLE'} tags)")
-        console.step(f"pushing {spec.name} to {target.image}")
-        result = registry.push(entry["local_ref"], target, entry["tag"], extra_tags=tags, retries=args.retries,
-                               show_progress=not args.quiet)
-        manifest.update(spec.name, {"pushed": {
-            "image_uri": result.image_uri,
-            "digest": result.digest,
-            "pinned_image_uri": result.pinned,
-            "tags": result.tags,
-            "registry": target.registry,
-            "registry_kind": target.kind,
-            "region": target.region,
-            "skipped": result.skipped,
-            "layers_pushed": result.layers_pushed,
-            "layers_existing": result.layers_existing,
-            "bytes_pushed": result.bytes_pushed,
-            "push_seconds": result.seconds,
-            "attempts": result.attempts,
-        }})
-        how = ("already in the registry at this digest; nothing pushed" if result.skipped else
-               f"{result.layers_pushed} layer(s) uploaded ({result.bytes_pushed / 1e6:.1f} MB), "
-               f"{result.layers_existing} already there, {result.seconds:.0f}s")
-        console.note(how)
-        console.out.print(f"[bold]{spec.name}[/]\n  image_uri: {result.image_uri}\n  pinned:    {result.pinned}")
-    if not args.dry_run:
-        console.err.print("    use the pinned image_uri in Estimator(image_uri=...) / ModelTrainer(training_image=...)")
-    return 0
-
-
-def cmd_list(args) -> int:
-    specs = catalog.load()
-    built = manifest.load()["images"]
-    region = bases.session_region(args.region)
-    for spec in specs.values():
-        if region:
-            try:
-                base = bases.prebuilt_uri(spec, region, args.processor)
-            except ToolkitError as exc:
-                base = f"(unresolvable: {exc.what})"
-        else:
-            base = "(set --region to resolve the prebuilt base)"
-        from smkit.standin import STANDINS
-
-        console.out.print(f"[bold]{spec.name}[/]  {spec.framework} {spec.version}"
-                          + (f" {spec.py_version}" if spec.py_version else "") + f" {args.processor or spec.processor}")
-        console.out.print(f"  prebuilt base: {base}")
-        console.out.print(f"  stand-in base: {STANDINS[spec.framework]}")
-        console.out.print(f"  dockerfile:    {spec.dockerfile}; scripts: {', '.join(spec.scripts)}; program: {spec.program}")
-        entry = built.get(spec.name)
-        if entry:
-            console.out.print(f"  built:         {entry['local_ref']} on {entry['base']} ({entry['built_at']})")
-            if entry.get("pushed"):
-                console.out.print(f"  pushed:        {entry['pushed']['pinned_image_uri']}")
-    return 0
-
-
-def cmd_bases(args) -> int:
-    from smkit import standin
-
-    frameworks = args.framework or sorted(standin.STANDINS)
-    for framework in frameworks:
-        if args.dry_run:
-            console.out.print(f"{framework}: docker build -t {standin.STANDINS[framework]} containers/standin/{framework} "
-                              f"(--python-base {args.python_base}; skipped when an image with the same inputs exists"
-                              + ("" if not args.force else "; --force: rebuilt anyway") + ")")
-            continue
-        name = standin.ensure_standin(framework, python=args.python_base, verbose=args.verbose, force=args.force)
-        console.out.print(f"{framework}: {name}")
-    return 0
-
-
-def cmd_doctor(args) -> int:
-    from smkit import doctor
-
-    return doctor.run(region=args.region, registry_arg=args.registry)
-
-
-def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(
-        prog="python build.py",
-        description="Build, tag and push custom SageMaker training images (images.toml lists them).",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = top.add_subparsers(dest="command", required=True, metavar="{build,push,doctor,list,bases}")
-
-    def common(p, images=True):
-        if images:
-            p.add_argument("--image", action="append", metavar="NAME", help="only this image from images.toml (repeat; default: all)")
-        p.add_argument("--region", help="AWS region (default: AWS_REGION, AWS_DEFAULT_REGION, then your AWS config)")
-        p.add_argument("--verbose", action="store_true", help="print every line of the build/push output")
-
-    build = sub.add_parser("build", help="build images (linux/amd64) and record them in build/images.json",
-                           epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    common(build)
-    build.add_argument("--base", default="aws", metavar="aws|local|URI",
-                       help="aws: the prebuilt SageMaker image for the region (default; logs in to its registry); "
-                            "local: the offline stand-in; or any image reference")
-    build.add_argument("--processor", choices=["cpu", "gpu"], help="override the base variant of images.toml")
-    build.add_argument("--tag", action="append", metavar="TAG", help="an extra moving tag such as latest or a release name (repeat)")
-    build.add_argument("--python-base", default="auto", metavar="auto|debootstrap|IMAGE",
-                       help="what the stand-in bases start from (default auto: python:3.11-slim, else a Debian root)")
-    build.add_argument("--dry-run", action="store_true", help="print every docker and AWS action in order; touch nothing")
-    build.set_defaults(func=cmd_build)
-
-    push = sub.add_parser("push", help="push built images to ECR (default) or an OCI registry",
-                          epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    common(push)
-    push.add_argument("--registry", metavar="HOST[:PORT][/NAMESPACE]", help="an OCI registry instead of ECR (credentials from docker login)")
-    push.add_argument("--tag", action="append", metavar="TAG", help="also push this moving tag (repeat)")
-    mut = push.add_mutually_exclusive_group()
-    mut.add_argument("--immutable-tags", action="store_true", help="ECR: make the repository's tags IMMUTABLE")
-    mut.add_argument("--mutable-tags", action="store_true", help="ECR: make the repository's tags MUTABLE")
-    push.add_argument("--kms-key", help="ECR: encrypt a new repository with this KMS key (default AES256)")
-    push.add_argument("--registry-host", metavar="HOST",
-                      help="ECR: send the layers to this host instead of <account>.dkr.ecr.<region>.amazonaws.com "
-                           "(an ECR VPC endpoint name or a proxy); API calls still go to ECR")
-    push.add_argument("--retries", type=int, default=4, help="retries of transient push failures (default 4, with backoff)")
-    push.add_argument("--quiet", action="store_true", help="no per-layer progress")
-    push.add_argument("--dry-run", action="store_true", help="print every docker and AWS action in order; touch nothing")
-    push.set_defaults(func=cmd_push)
-
-    doctor = sub.add_parser("doctor", help="check the engine, compose, architecture, AWS and the registry; print a fix for each problem")
-    doctor.add_argument("--region", help="AWS region to check")
-    doctor.add_argument("--registry", metavar="HOST[:PORT][/NAMESPACE]", help="also check this OCI registry")
-    doctor.set_defaults(func=cmd_doctor)
-
-    lst = sub.add_parser("list", help="show each image of images.toml, its bases and what was built/pushed")
-    lst.add_argument("--region")
-    lst.add_argument("--processor", choices=["cpu", "gpu"])
-    lst.set_defaults(func=cmd_list)
-
-    bases_cmd = sub.add_parser("bases", help="build the offline stand-in base images (cached by the hash of their inputs)")
-    bases_cmd.add_argument("--framework", action="append", choices=["xgboost", "pytorch"])
-    bases_cmd.add_argument("--python-base", default="auto", metavar="auto|debootstrap|IMAGE")
-    bases_cmd.add_argument("--force", action="store_true", help="rebuild even if up to date")
-    bases_cmd.add_argument("--verbose", action="store_true")
-    bases_cmd.add_argument("--dry-run", action="store_true", help="print what would be built; build nothing")
-    bases_cmd.set_defaults(func=cmd_bases)
-    return top
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    return console.run_command(lambda: args.func(args))
-
+from smkit.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="python build.py"))

@@ -12,6 +12,8 @@ from pathlib import Path
 from bench.common import Config, LoadProbe, log
 from bench.project import Build, Project
 
+INIT_IMAGE = "smkit-bench-init"  # an image made by `build.py init`, as a new user's is
+
 
 class Context:
     def __init__(self, cfg: Config):
@@ -47,7 +49,19 @@ class Context:
             from bench.project import ensure_tiny_base
 
             return ensure_tiny_base()
+        if name == INIT_IMAGE:
+            # The Python image the stand-ins start from: a real base with a shell and pip, small enough
+            # for a first push in the smoke run (what is measured is the push after the edit).
+            from smkit import standin
+
+            return standin.python_base()
         return "local"
+
+    def init_image(self) -> str:
+        """The `init` image of the scratch project (the XGBoost example), made and built once."""
+        if INIT_IMAGE not in self._builds:
+            self.project.init(INIT_IMAGE, "xgboost")
+        return self.image(INIT_IMAGE)
 
     def work(self, name: str) -> Path:
         path = self.project.root.parent / f"{self.project.root.name}-{name}"

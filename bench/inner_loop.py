@@ -111,14 +111,21 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
 def plain_docker_build(ctx: Context, repeat: int) -> float:
     """The floor of a rebuild: `docker build` of the same Dockerfile and context, nothing else."""
     from smkit.context import build_ca_bundle
+    from smkit.paths import TEMPLATE
     from smkit.standin import STANDINS
 
-    root = ctx.project.root
-    if not (root / "build-ca.crt").exists():
-        (root / "build-ca.crt").write_bytes(build_ca_bundle())
+    # The context build.py assembles for the template (scripts at code/, requirements.txt), laid out by hand.
+    root = ctx.project.root / "floor-context"
+    shutil.rmtree(root, ignore_errors=True)
+    for scripts in ("common", "xgboost"):
+        shutil.copytree(ctx.project.root / "train_scripts" / scripts, root / "code", dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copy(ctx.project.root / "containers" / "xgboost" / "requirements.txt", root / "requirements.txt")
+    (root / "build-ca.crt").write_bytes(build_ca_bundle())
     tag = f"smkit-bench-floor:{ctx.project.run_id}-{repeat}"
-    run_ = run_measured(["docker", "build", "-q", "--network", "host", "-f", "containers/xgboost/Dockerfile",
-                         "--build-arg", f"BASE_IMAGE={STANDINS['xgboost']}", "-t", tag, "."], cwd=root, timeout=900)
+    run_ = run_measured(["docker", "build", "-q", "--network", "host", "-f", str(TEMPLATE),
+                         "--build-arg", f"BASE_IMAGE={STANDINS['xgboost']}", "--build-arg", "PROGRAM=train.py",
+                         "-t", tag, "."], cwd=root, timeout=900)
     run_.check("plain docker build")
     ctx.extra_refs.add(tag)
     return run_.wall

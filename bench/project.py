@@ -77,7 +77,16 @@ class Project:
             handle.write(TINY_TOML)
 
     def script(self, framework: str) -> Path:
+        """train_scripts/<name>/train.py: a reference image's script, or an `init` image's."""
         return self.root / "train_scripts" / framework / "train.py"
+
+    def init(self, name: str, framework: str) -> None:
+        """A new image as a user starts one (`build.py init NAME --framework F`), with an editable last line."""
+        run = run_measured([HOST_PYTHON, ROOT / "build.py", "init", name, "--framework", framework],
+                           env={"SMKIT_PROJECT": str(self.root), "COLUMNS": "200"}, timeout=300)
+        run.check(f"build.py init {name}")
+        script = self.script(name)
+        script.write_text(script.read_text().rstrip("\n") + f"\n{EDIT_MARK}{self.run_id}-0\n")
 
     def edit(self, framework: str) -> None:
         """Change one line of the training script (its last line, a comment)."""

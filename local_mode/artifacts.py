@@ -6,11 +6,8 @@ import re
 import tarfile
 from pathlib import Path
 
-# Lines the training scripts print with sm_contract.log_metrics: `[round 12] train:rmse=0.35 ...`,
-# possibly behind the `algo-1-abcde  | ` prefix docker compose adds in multi-container runs.
-STEP_LINE = re.compile(r"\[(?P<kind>[A-Za-z_]+) (?P<step>[^\]\s]+)\] (?P<fields>.*)$")
-FIELD = re.compile(r"(?P<name>[A-Za-z_][\w:./-]*)=(?P<value>[-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)(?=\s|$)")
-HOST_PREFIX = re.compile(r"^(?P<host>[\w.-]+)\s+\|\s?")
+from smkit import metrics
+
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
@@ -20,24 +17,8 @@ def strip_ansi(text: str) -> str:
 
 
 def parse_metrics(log: str) -> tuple[dict[str, float], list[dict]]:
-    """(last value of each metric, every step line as {kind, step, host, metrics})."""
-    final: dict[str, float] = {}
-    history: list[dict] = []
-    for raw in strip_ansi(log).splitlines():
-        host = None
-        prefix = HOST_PREFIX.match(raw)
-        line = raw
-        if prefix:
-            host, line = prefix.group("host"), raw[prefix.end():]
-        match = STEP_LINE.search(line)
-        if not match:
-            continue
-        metrics = {m.group("name"): float(m.group("value")) for m in FIELD.finditer(match.group("fields"))}
-        if not metrics:
-            continue
-        history.append({"kind": match.group("kind"), "step": match.group("step"), "host": host, "metrics": metrics})
-        final.update(metrics)
-    return final, history
+    """(last value of each metric, every metric line as {kind, step, host, metrics}): smkit.metrics' format."""
+    return metrics.parse_log(strip_ansi(log))
 
 
 def tar_members(path: Path) -> list[str]:

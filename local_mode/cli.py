@@ -92,6 +92,9 @@ def build_spec(args) -> JobSpec:
         checkpoint_dir=args.checkpoint_dir,
     )
     if args.backend == "cloud":
+        from local_mode import cloud
+
+        spec.metric_definitions = cloud.metric_definitions(image_name, Path(args.runs_dir))
         spec.role = args.role or ""
         spec.output_path = args.output_path
         spec.checkpoint_s3_uri = args.checkpoint_s3_uri

@@ -10,8 +10,8 @@ the tests point them at moto.
 
 from __future__ import annotations
 
+import json
 import os
-import re
 import time
 from pathlib import Path
 
@@ -19,13 +19,12 @@ import boto3
 import botocore.exceptions
 
 from local_mode import interrupt
-from local_mode.job import JobSpec, job_name_for
+from local_mode.job import RUNS_DIR, JobSpec, job_name_for
 from local_mode.result import JobResult
 from local_mode.sdk import sdk_major
-from smkit import bases, catalog, console, ecr, manifest
+from smkit import bases, catalog, console, ecr, manifest, metrics
 from smkit.errors import ConfigError, ToolkitError
 
-METRIC_REGEX = r"{name}=([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"  # = sm_contract.METRIC_REGEX
 TERMINAL = ("Completed", "Failed", "Stopped")
 
 
@@ -44,16 +43,35 @@ def pushed_image(image: str) -> tuple[str, str | None]:
     return image, None
 
 
-def metric_definitions(image_name: str | None) -> list[dict[str, str]]:
-    """Regexes for the metrics the image's script prints (images.toml `metrics`)."""
+def last_run_metric_names(image_name: str, runs_dir: Path = RUNS_DIR) -> list[str]:
+    """The metric names the last local run of `image_name` printed (its summary.json), or []."""
+    runs = []
+    for summary in Path(runs_dir).glob("*/summary.json"):
+        try:
+            spec = json.loads((summary.parent / "spec.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if spec.get("image_name") == image_name:
+            runs.append((summary.stat().st_mtime, summary))
+    if not runs:
+        return []
+    return sorted(json.loads(max(runs)[1].read_text()).get("metrics", {}))
+
+
+def metric_definitions(image_name: str | None, runs_dir: Path = RUNS_DIR) -> list[dict[str, str]]:
+    """One SageMaker metric definition per name declared in images.toml (`metrics`) or printed by the
+    last local run of the image; each regex matches exactly the lines the local summary parses."""
     if not image_name:
         return []
     try:
         spec = catalog.load().get(image_name)
     except ToolkitError:
-        return []
-    names = spec.metrics if spec else ()
-    return [{"Name": name, "Regex": METRIC_REGEX.format(name=re.escape(name))} for name in names]
+        spec = None
+    names = list(dict.fromkeys([*(spec.metrics if spec else ()), *last_run_metric_names(image_name, runs_dir)]))
+    if len(names) > metrics.MAX_DEFINITIONS:
+        console.warn(f"{image_name} has {len(names)} metric names; SageMaker takes {metrics.MAX_DEFINITIONS}, "
+                     f"so {', '.join(names[metrics.MAX_DEFINITIONS:])} get no definition")
+    return metrics.definitions(names)
 
 
 def _check(spec: JobSpec) -> None:

@@ -15,10 +15,11 @@ from typing import Any
 
 from smkit import bases, engine, manifest
 from smkit.errors import ConfigError
-from smkit.paths import REPO
+from smkit.paths import PROJECT
 
 SAMPLE_DATA = Path(__file__).resolve().parent / "sample_data"
-RUNS_DIR = REPO / "local_mode" / "runs"
+PROJECT_SAMPLE_DATA = PROJECT / "sample_data"  # an image's own sample data: sample_data/<name>/{job.json,<channel>/}
+RUNS_DIR = PROJECT / "local_mode" / "runs"  # the project's: a team's own repository keeps its runs
 # Local mode never calls IAM, but the SDK wants an ARN-shaped role; nothing is ever assumed with it.
 PLACEHOLDER_ROLE = "arn:aws:iam::111111111111:role/smkit-local-mode-placeholder"
 LOCAL_INSTANCE_TYPES = ("local", "local_gpu", "local_cpu")
@@ -107,13 +108,16 @@ def parse_channels(pairs: list[str], content_types: list[str] | None = None) -> 
 
 
 def sample_job(image_name: str) -> tuple[list[Channel], dict[str, Any]]:
-    """The bundled sample data of an image (by framework) and the hyperparameters that suit it."""
+    """The sample data of an image and the hyperparameters that suit it: the project's own
+    (sample_data/<image name>/, as `init` writes it), else the bundled one of its framework."""
     framework = image_name
     try:
         framework = manifest.entry(image_name).get("framework", image_name)
     except ConfigError:
         pass
-    directory = SAMPLE_DATA / framework
+    directory = PROJECT_SAMPLE_DATA / image_name
+    if not (directory / "job.json").is_file():
+        directory = SAMPLE_DATA / str(framework)
     if not directory.is_dir():
         raise ConfigError(
             f"There is no bundled sample data for {image_name!r}.",

@@ -62,7 +62,10 @@ def require_region(explicit: str | None) -> str:
 
 
 def prebuilt_uri(spec: ImageSpec, region: str, processor: str | None = None) -> str:
-    """The prebuilt SageMaker training image for the spec, resolved offline by the SageMaker SDK."""
+    """The prebuilt SageMaker training image for the spec, resolved offline by the SageMaker SDK
+    (or the spec's own base_uri)."""
+    if spec.base_uri:
+        return spec.base_uri
     processor = processor or spec.processor
     kwargs = dict(region=region, version=spec.version, image_scope="training", instance_type=INSTANCE_FOR[processor])
     if spec.py_version:
@@ -80,9 +83,17 @@ def prebuilt_uri(spec: ImageSpec, region: str, processor: str | None = None) -> 
 def resolve(spec: ImageSpec, choice: str, region: str | None, processor: str | None = None) -> Base:
     """choice: "aws" (default), "local" (the stand-in, built on demand), or an image reference."""
     if choice == "aws":
+        if spec.base_uri:  # the image's own base: no region, no SageMaker registry
+            return Base(spec.base_uri, "uri")
         return Base(prebuilt_uri(spec, require_region(region), processor), "aws")
     if choice == "local":
         from smkit import standin
 
+        if spec.framework not in standin.STANDINS:
+            raise ConfigError(
+                f"[images.{spec.name}] builds on {spec.base_uri}, which has no offline stand-in.",
+                "build on it as it is (--base aws, the default), or add framework = \"xgboost|pytorch|sklearn\" to "
+                "its table to say which stand-in plays its part offline",
+            )
         return Base(standin.STANDINS[spec.framework], "local")
     return Base(choice, "uri")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 from rich.console import Console
+from rich.markup import escape
 
 from smkit.errors import ToolkitError
 
@@ -29,7 +30,7 @@ def run_command(command: Callable[[], int], error_exit: int | None = None) -> in
     try:
         return command()
     except ToolkitError as exc:
-        err.print(f"[red]error:[/] {exc.what}\n  [bold]fix:[/] {exc.fix}")
+        err.print(f"[red]error:[/] {escape(exc.what)}\n  [bold]fix:[/] {escape(exc.fix)}")  # [images.x] is text
         return exc.exit_code if error_exit is None else error_exit
     except KeyboardInterrupt:
         err.print("[red]interrupted[/]")

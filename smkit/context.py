@@ -82,16 +82,21 @@ class BuildContext:
         self._dockerignore = PatternMatcher(_ignore_patterns(self.root))
         self._secrets = PatternMatcher(list(SECRET_PATTERNS))
 
-    def add(self, relpath: str) -> None:
-        """Add a file or a whole directory of the root, under the same path."""
+    def add(self, relpath: str, dest: str | None = None, skip: tuple[str, ...] = ()) -> None:
+        """Add a file or a whole directory of the root: under the same path, or under `dest` instead
+        (e.g. the scripts directory as code/). `skip`: root-relative paths to leave out. The filters
+        (secrets, .dockerignore) always judge the path in the root, wherever the file lands."""
         source = self.root / relpath
         if not source.exists():
             raise ConfigError(
                 f"The build input {relpath} does not exist under {self.root}.",
-                "fix the path in images.toml (paths are relative to the repository root)",
+                "fix the path in images.toml (paths are relative to the directory of images.toml)",
             )
         paths = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
+        skipped = {(self.root / s).resolve() for s in skip}
         for path in paths:
+            if path.resolve() in skipped:
+                continue
             arcname = path.relative_to(self.root).as_posix()
             if self._secrets.matches(arcname):
                 self.left_out.append((arcname, "its name marks it as a secret"))
@@ -103,8 +108,17 @@ class BuildContext:
                 data = path.read_bytes()
                 if len(data) <= SCAN_LIMIT and SECRET_CONTENT.search(data):
                     self.left_out.append((arcname, "its contents look like a credential or a private key"))
-                else:
-                    self.add_bytes(arcname, data, executable=os.access(path, os.X_OK))
+                    continue
+                target = arcname
+                if dest is not None:
+                    inside = path.name if source.is_file() else path.relative_to(source).as_posix()
+                    target = f"{dest.rstrip('/')}/{inside}"
+                    if target in self.files:
+                        raise ConfigError(
+                            f"Two build inputs land on {target} (the second is {arcname}).",
+                            "rename one of the files: the `scripts` directories are merged into /opt/ml/code",
+                        )
+                self.add_bytes(target, data, executable=os.access(path, os.X_OK))
 
     def add_bytes(self, arcname: str, data: bytes, executable: bool = False) -> None:
         self.files[arcname] = data

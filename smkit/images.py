@@ -17,15 +17,16 @@ import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import docker.errors
 
-from smkit import bases, builder, console, engine, label_pass, manifest, standin, tags
+from smkit import bases, builder, console, dockerfile, engine, label_pass, manifest, standin, tags
 from smkit.catalog import ImageSpec
 from smkit.context import BuildContext, build_ca_bundle
 from smkit.errors import BuildFailed, ToolkitError
-from smkit.paths import PROJECT
+from smkit.paths import PROJECT, TEMPLATE
 
 if TYPE_CHECKING:
     from smkit import ecr
@@ -58,20 +59,50 @@ class BuiltImage:
 
 
 def spec_context(spec: ImageSpec) -> BuildContext:
+    """The build context: with the template, the scripts at code/ and the requirements at requirements.txt
+    (fixed paths the template reads); with the image's own Dockerfile, every input at its project path."""
     ctx = BuildContext(PROJECT)
-    for path in spec.build_inputs:
-        ctx.add(path)
+    if spec.dockerfile:
+        for path in spec.build_inputs:
+            ctx.add(path)
+    else:
+        ctx.add_bytes(dockerfile.CONTEXT_DOCKERFILE, dockerfile.template_text().encode())
+        if spec.requirements:
+            ctx.add(spec.requirements, dest=dockerfile.REQUIREMENTS)
+        else:
+            ctx.add_bytes(dockerfile.REQUIREMENTS, b"# no extra dependencies (images.toml names no requirements)\n")
+        for scripts in spec.scripts:
+            # A requirements.txt next to the script is baked at build time, never left for job start.
+            ctx.add(scripts, dest=dockerfile.CODE_DIR, skip=(spec.requirements,) if spec.requirements else ())
     ctx.add_bytes("build-ca.crt", build_ca_bundle())
     return ctx
+
+
+def script_prefixes(spec: ImageSpec) -> tuple[str, ...]:
+    """Where the scripts sit in the build context."""
+    return spec.scripts if spec.dockerfile else (dockerfile.CODE_DIR,)
 
 
 def scripts_digest(ctx: BuildContext, spec: ImageSpec) -> str:
     digests = ctx.file_digests()
     h = hashlib.sha256()
     for name, file_hash in digests.items():
-        if any(name.startswith(prefix.rstrip("/") + "/") for prefix in spec.scripts):
+        if any(name.startswith(prefix.rstrip("/") + "/") for prefix in script_prefixes(spec)):
             h.update(f"{name}\0{file_hash}\n".encode())
     return h.hexdigest()
+
+
+def dockerfile_plan(spec: ImageSpec, base_uri: str) -> tuple[str, str, dict[str, str]]:
+    """(the Dockerfile as a person finds it, its path in the context, the build args)."""
+    buildargs = {"BASE_IMAGE": base_uri, "PROGRAM": spec.program}
+    if spec.dockerfile:
+        dockerfile.check_agrees(spec, dockerfile.read(spec), buildargs)
+        return spec.dockerfile, spec.dockerfile, buildargs
+    try:
+        shown = str(TEMPLATE.relative_to(Path.cwd()))
+    except ValueError:
+        shown = str(TEMPLATE)
+    return shown, dockerfile.CONTEXT_DOCKERFILE, buildargs
 
 
 def _pull(reference: str, login: ecr.Login | None) -> None:
@@ -97,7 +128,7 @@ def ensure_base(base: bases.Base, spec: ImageSpec, dry_run: bool, python_base: s
     """Make the base image present in the engine; returns a description of what was (or would be) done."""
     if base.kind == "local":
         if dry_run:
-            return f"ensure the stand-in base {base.uri} (built from containers/standin/{spec.framework}/ if missing or stale)"
+            return f"ensure the stand-in base {base.uri} (built from {standin.standin_dir(spec.framework)}/ if missing or stale)"
         standin.ensure_standin(spec.framework, python=python_base, verbose=verbose)
         return "stand-in ready"
     if not dry_run and engine.image_exists(base.uri):
@@ -147,7 +178,7 @@ def labels_for(spec: ImageSpec, base: bases.Base, base_digest: str, inputs: str,
         "org.opencontainers.image.revision": commit,
         "org.opencontainers.image.base.name": base.uri,
         "org.opencontainers.image.base.digest": base_digest,
-        f"{LABEL_PREFIX}.framework": spec.framework,
+        f"{LABEL_PREFIX}.framework": spec.framework or "",
         f"{LABEL_PREFIX}.program": spec.program,
         f"{LABEL_PREFIX}.base-kind": base.kind,
         f"{LABEL_PREFIX}.inputs-sha256": inputs,
@@ -161,20 +192,20 @@ def labels_for(spec: ImageSpec, base: bases.Base, base_digest: str, inputs: str,
     return labels
 
 
-def _reusable_freeze_or_none(spec: ImageSpec, deps: str, ctx: BuildContext) -> label_pass.Previous | None:
+def _reusable_freeze_or_none(spec: ImageSpec, deps: str, ctx: BuildContext, context_dockerfile: str) -> label_pass.Previous | None:
     """For --dry-run, which may run without an engine."""
     try:
-        return label_pass.reusable_freeze(spec.name, deps, ctx, spec.dockerfile, spec.scripts)
+        return label_pass.reusable_freeze(spec.name, deps, ctx, context_dockerfile, script_prefixes(spec))
     except ToolkitError:
         return None
 
 
-def _build_labelled(spec: ImageSpec, ctx: BuildContext, buildargs: dict[str, str], ref: str, labels, deps: str,
-                    verbose: bool) -> tuple[str, str | None]:
+def _build_labelled(spec: ImageSpec, ctx: BuildContext, context_dockerfile: str, buildargs: dict[str, str], ref: str,
+                    labels, deps: str, verbose: bool) -> tuple[str, str | None]:
     """Build `ctx`, read its pip freeze, label it as `ref`; returns (image id, the build whose pip freeze was
     reused, or None). After a script-only edit the previous build's freeze is reused and no container runs."""
-    previous = label_pass.reusable_freeze(spec.name, deps, ctx, spec.dockerfile, spec.scripts)
-    built = builder.build(ctx, dockerfile=spec.dockerfile, buildargs=buildargs, title=spec.name, verbose=verbose)
+    previous = label_pass.reusable_freeze(spec.name, deps, ctx, context_dockerfile, script_prefixes(spec))
+    built = builder.build(ctx, dockerfile=context_dockerfile, buildargs=buildargs, title=spec.name, verbose=verbose)
     started = time.monotonic()
     if previous is not None:
         layers = engine.client().images.get(built.image_id).attrs.get("RootFS", {}).get("Layers", [])
@@ -202,6 +233,7 @@ def build_image(
     """Build `spec`; with dry_run print every action in order and touch nothing."""
     started = time.monotonic()
     base = bases.resolve(spec, base_choice, region, processor)
+    shown_dockerfile, context_dockerfile, buildargs = dockerfile_plan(spec, base.uri)
     say = console.out.print if dry_run else console.note
     if dry_run:
         console.out.print(f"[bold]{spec.name}[/]: base {base.uri} ({base.kind})")
@@ -223,19 +255,23 @@ def build_image(
         if not dry_run:
             raise
         base_id = base_digest = "(not pulled yet)"
-    buildargs = {"BASE_IMAGE": base.uri}
-    inputs = ctx.digest(f"BASE_IMAGE={base.uri}", f"base={base_id}", f"platform={builder.PLATFORM}")
+    inputs = ctx.digest(*(f"{k}={v}" for k, v in sorted(buildargs.items())), f"base={base_id}", f"platform={builder.PLATFORM}")
     tag = tags.content_tag(inputs, list(spec.build_inputs))
     scripts = scripts_digest(ctx, spec)
-    deps = label_pass.deps_digest(ctx, spec.scripts, f"BASE_IMAGE={base.uri}", f"base={base_id}", f"platform={builder.PLATFORM}")
+    deps = label_pass.deps_digest(ctx, script_prefixes(spec), *(f"{k}={v}" for k, v in sorted(buildargs.items())),
+                                  f"base={base_id}", f"platform={builder.PLATFORM}")
     ref = f"{spec.repository}:{tag}"
     moving = [tags.check_tag(t) for t in moving_tags]
 
     if dry_run:
         files = len(ctx.files)
-        say(f"  2. docker build --platform {builder.PLATFORM} --network host -f {spec.dockerfile} "
-            f"--build-arg BASE_IMAGE={base.uri} (context: {files} files, {ctx.size / 1024:.0f} KiB, inputs {inputs[:12]})")
-        previous = _reusable_freeze_or_none(spec, deps, ctx)
+        args = " ".join(f"--build-arg {k}={v}" for k, v in buildargs.items())
+        what = "its own Dockerfile, checked against images.toml" if spec.dockerfile else \
+            "the smkit template; context: code/ = " + " + ".join(spec.scripts) + \
+            (f", requirements.txt = {spec.requirements}" if spec.requirements else ", no requirements")
+        say(f"  2. docker build --platform {builder.PLATFORM} --network host -f {shown_dockerfile} {args} "
+            f"({what}; {files} files, {ctx.size / 1024:.0f} KiB, inputs {inputs[:12]})")
+        previous = _reusable_freeze_or_none(spec, deps, ctx, context_dockerfile)
         if previous is not None:
             say(f"  3. no pip freeze container: only scripts changed since {previous.ref}, its pip freeze is reused")
         else:
@@ -256,7 +292,7 @@ def build_image(
         console.note(f"{ref} is up to date (same inputs); nothing to build")
     else:
         labels = functools.partial(labels_for, spec, base, base_digest, inputs, scripts, deps=deps)
-        image_id, reused_from = _build_labelled(spec, ctx, buildargs, ref, labels, deps, verbose)
+        image_id, reused_from = _build_labelled(spec, ctx, context_dockerfile, buildargs, ref, labels, deps, verbose)
         cached = False
     builder.check_platform(ref)
     image = client.images.get(ref)

@@ -1,4 +1,4 @@
-"""Offline stand-ins for the prebuilt SageMaker XGBoost and PyTorch training images.
+"""Offline stand-ins for the prebuilt SageMaker XGBoost, PyTorch and scikit-learn training images.
 
 The prebuilt images live in AWS-owned private ECR registries; machines without AWS credentials (the
 offline demo, CI, air-gapped users) cannot pull them. The stand-ins honour the same contract
@@ -24,7 +24,7 @@ import docker.errors
 from smkit import builder, console, engine
 from smkit.context import BuildContext, build_ca_bundle
 from smkit.errors import ToolkitError
-from smkit.paths import REPO
+from smkit.paths import STANDIN_DIR
 
 INPUTS_LABEL = "io.smkit.inputs-sha256"
 PYTHON_BASE = "python:3.11-slim"
@@ -37,7 +37,13 @@ TORCH_VERSION = "2.13.0"
 STANDINS = {
     "xgboost": "smkit/standin-xgboost:latest",
     "pytorch": "smkit/standin-pytorch:latest",
+    "sklearn": "smkit/standin-sklearn:1.4-2",
 }
+
+
+def standin_dir(framework: str) -> Path:
+    """The build files of a stand-in (containers/standin/<framework>/ of the toolkit)."""
+    return STANDIN_DIR / framework
 
 
 def _label(image: str) -> str | None:
@@ -142,7 +148,7 @@ def _torch_wheels() -> list[Path]:
 
 
 def standin_context(framework: str) -> BuildContext:
-    ctx = BuildContext(REPO / "containers" / "standin" / framework)
+    ctx = BuildContext(standin_dir(framework))
     ctx.add(".")
     ctx.add_bytes("build-ca.crt", build_ca_bundle())
     if framework == "pytorch":

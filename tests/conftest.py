@@ -96,6 +96,13 @@ def standin_pytorch(docker_client) -> str:
 
 
 @pytest.fixture(scope="session")
+def standin_sklearn(docker_client) -> str:
+    from smkit import standin
+
+    return standin.ensure_standin("sklearn")
+
+
+@pytest.fixture(scope="session")
 def tiny_image(docker_client, standin_xgboost) -> str:
     """tests/fixtures/tiny_xgboost: the smallest image extending the XGBoost stand-in (id)."""
     from smkit import builder

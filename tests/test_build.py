@@ -220,7 +220,8 @@ def test_dry_run_prints_every_action_and_touches_nothing(project, tmp_path):
     steps = [
         "ecr get-authorization-token --registry-ids 683313688378 --region us-east-1",
         f"docker pull {xgboost_base}",
-        f"docker build --platform linux/amd64 --network host -f containers/xgboost/Dockerfile --build-arg BASE_IMAGE={xgboost_base}",
+        # No dockerfile in images.toml: the template, with the base and the entry point as build args.
+        f"containers/Dockerfile --build-arg BASE_IMAGE={xgboost_base} --build-arg PROGRAM=train.py",
         "python3 -m pip freeze",
         "-t smkit-xgboost:nogit-",
         "check the image is linux/amd64",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from smkit import catalog
+from smkit import bases, catalog
 from smkit.context import BuildContext
 from smkit.errors import ConfigError
 
@@ -170,3 +170,49 @@ def test_same_deps_layers_allows_only_the_scripts_layers_to_differ():
     assert not same_deps_layers(previous, ["base", "deps", "extra", "scripts2"])
     assert not same_deps_layers(Previous(ref="r", freeze="a", layers=["scripts"], tail=1), ["scripts2"])
 
+
+def test_images_toml_schema_defaults_and_any_base(tmp_path):
+    body = """
+    [images.byo]
+    framework = "sklearn"
+    version = "1.4-2"
+    scripts = "train_scripts/byo"
+    program = "train.py"
+
+    [images.team]
+    base_uri = "registry.example.com/ml/base:7"
+    scripts = ["src/common", "src/team"]
+    program = "main.py"
+
+    [images.Team_Two]
+    base_uri = "registry.example.com/ml/base:7"
+    framework = "pytorch"
+    scripts = "src"
+    program = "main.py"
+    """
+    specs = catalog.load(write_toml(tmp_path, body))
+    byo, team, two = specs["byo"], specs["team"], specs["Team_Two"]
+    assert byo.scripts == ("train_scripts/byo",) and byo.requirements is None and byo.dockerfile is None
+    assert byo.repository == "byo" and byo.py_version == "py3"  # the default repository; sklearn's only Python
+    assert byo.build_inputs == ("train_scripts/byo",)
+    assert team.framework is None and team.base_uri == "registry.example.com/ml/base:7" and team.py_version is None
+    assert two.repository == "team-two" and two.framework == "pytorch"  # a stand-in for --base local, no py_version needed
+    # The prebuilt scikit-learn image, resolved by the SDK; a base_uri is used as it is, whatever the region.
+    assert bases.prebuilt_uri(byo, "us-east-1") == "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-scikit-learn:1.4-2-cpu-py3"
+    assert bases.resolve(team, "aws", None) == bases.Base("registry.example.com/ml/base:7", "uri")
+    assert bases.resolve(two, "local", None).uri == "smkit/standin-pytorch:latest"
+    with pytest.raises(ConfigError) as raised:
+        bases.resolve(team, "local", None)
+    assert "has no offline stand-in" in raised.value.what and "framework" in raised.value.fix
+
+
+@pytest.mark.parametrize("body,message", [
+    ('scripts = "s"\nprogram = "t.py"', "lacks ['framework', 'version']"),
+    ('base_uri = "b:1"\nscripts = []\nprogram = "t.py"', "scripts must name a directory"),
+    ('base_uri = "b:1"\nscripts = "s"\nprogram = "dir/t.py"', "is not a file name"),
+    ('framework = "lightgbm"\nversion = "1"\nscripts = "s"\nprogram = "t.py"', "base_uri"),
+])
+def test_images_toml_schema_errors(tmp_path, body, message):
+    with pytest.raises(ConfigError) as raised:
+        catalog.load(write_toml(tmp_path, f"[images.x]\n{body}\n"))
+    assert message in raised.value.what + raised.value.fix
