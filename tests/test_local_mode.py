@@ -83,7 +83,7 @@ def test_cli_direct_run_summary_matches_the_files(tiny_image, tmp_path, docker_c
     with tarfile.open(summary["model_artifact"]) as archive:
         assert "xgboost-model.ubj" in archive.getnames()
     # The scratch directory (root-owned files) is gone, and so are the containers.
-    assert sorted(p.name for p in run_dir.iterdir()) == ["log.txt", "output", "spec.json", "summary.json"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["curves.png", "log.txt", "metrics.csv", "output", "spec.json", "summary.json"]
     assert docker_client.containers.list(all=True, filters={"label": f"{RUN_DIR_LABEL}={run_dir.resolve()}"}) == []
 
 
