@@ -810,16 +810,13 @@ def test_a_pickled_checkpoint_is_never_executed(framework, tmp_path):
 
 
 def test_the_documented_model_loader_refuses_a_pickled_model(tmp_path, monkeypatch):
-    """train.load_model (what docs/pytorch.md tells users to call) reads model.pt with weights_only=True:
+    """model.load_model (what docs/pytorch.md tells users to call) reads model.pt with weights_only=True:
     a model.pt that would run code is refused, and nothing runs."""
-    import importlib.util
-
     import torch
 
-    spec = importlib.util.spec_from_file_location("smkit_reliability_pytorch_train", SCRIPTS["pytorch"])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    from tests.scripts import script_module
+
+    module = script_module("pytorch", "model")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "model").mkdir()
     config = {"model": {"input_dim": 4, "hidden_sizes": [8], "output_dim": 3, "activation": "relu", "dropout": 0.0}}

@@ -40,7 +40,7 @@ params_module = script_module("xgboost", "params")
 data_utils = script_module("xgboost", "data_utils")
 dmatrix = script_module("xgboost", "dmatrix")
 labels = script_module("xgboost", "labels")
-distributed = script_module("xgboost", "distributed")
+hosts_module = script_module("xgboost", "hosts")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -116,7 +116,7 @@ def load(tmp: Path, *args: str):
                               extra_hyperparameters=train.xgboost_parameter, env={})
     hp = train.script_options(env)
     params = params_module.xgboost_params(env)
-    cluster = distributed.Cluster(env, 9099, 10)  # not entered: one host, or this host's view of several
+    cluster = hosts_module.Cluster(env, 9099, 10)  # not entered: one host, or this host's view of several
     sources = cluster.agree(data_utils.plan_sources, env, hp, cluster)
     layout = cluster.agree(data_utils.agree_layout, sources, hp, cluster)
     data = cluster.agree(dmatrix.load_data, sources, layout, hp, cluster)
@@ -250,7 +250,7 @@ def test_format_from_content_type_then_extension_then_content(tmp_path, content_
     env = sm.load_environment(train.HYPERPARAMETERS, train.CHANNELS, argv=job_args(tmp_path, "--train", str(tmp_path / "train")),
                               extra_hyperparameters=train.xgboost_parameter, env={"SM_INPUT_CONFIG_DIR": str(config)})
     hp = train.script_options(env)
-    sources = data_utils.plan_sources(env, hp, distributed.Cluster(env, 9099, 10))
+    sources = data_utils.plan_sources(env, hp, hosts_module.Cluster(env, 9099, 10))
     assert sources["train"].format == expected
     if name.endswith(".tsv"):
         assert sources["train"].delimiter == "\t"

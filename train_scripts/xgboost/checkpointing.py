@@ -13,7 +13,7 @@ import xgboost as xgb
 from params import xgboost_message
 
 if TYPE_CHECKING:
-    from distributed import Cluster
+    from hosts import Cluster
 
 # Parameters of the machine, not of the model: a resume with other values is not "changed parameters".
 RUNTIME_PARAMS = ("nthread", "device", "verbosity", "validate_parameters")

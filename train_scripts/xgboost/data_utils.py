@@ -20,7 +20,7 @@ import sm_contract as sm
 from readers import COMPRESSIONS, block_bytes, check_text, csv_error, head_bytes, head_lines, parquet_file
 
 if TYPE_CHECKING:
-    from distributed import Cluster
+    from hosts import Cluster
 
 CHANNELS = ("train", "validation")  # the channels this script reads; others are noted and ignored
 

@@ -22,7 +22,7 @@ from readers import Raw, Svm, block_bytes, read_source
 
 if TYPE_CHECKING:
     from data_utils import Layout, Source
-    from distributed import Cluster
+    from hosts import Cluster
 
 
 @dataclass

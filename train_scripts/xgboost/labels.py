@@ -10,7 +10,7 @@ import sm_contract as sm
 from dmatrix import LabelStats
 
 if TYPE_CHECKING:
-    from distributed import Cluster
+    from hosts import Cluster
     from dmatrix import Data
 
 

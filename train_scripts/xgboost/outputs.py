@@ -14,7 +14,7 @@ import sm_contract as sm
 import xgboost as xgb
 
 if TYPE_CHECKING:
-    from distributed import Cluster
+    from hosts import Cluster
     from dmatrix import Data
 
 MODEL_FILE = "xgboost-model"  # the file name SageMaker's built-in XGBoost algorithm uses

@@ -15,7 +15,8 @@ The modules beside it, baked into /opt/ml/code with it, have one job each:
     dmatrix.py        categories and classes coded alike on every host, batches into XGBoost's DMatrix
     labels.py         the labels against the objective
     checkpointing.py  save and resume the booster (spot training), early stopping across a resume
-    distributed.py    the hosts in XGBoost's collective: tracker, agree, gather
+    hosts.py          the hosts in XGBoost's collective: tracker, agree, gather (not "distributed":
+                      Dask's package of that name ships in the real XGBoost image)
     outputs.py        model-metadata.json, evaluation.json, validation predictions
     sm_contract.py    the SageMaker contract shared with every script: paths, hyperparameters, failures
 
@@ -45,7 +46,7 @@ import xgboost as xgb
 
 import checkpointing
 import data_utils
-import distributed
+import hosts
 import dmatrix
 import labels
 import outputs
@@ -135,8 +136,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     sm.log(f"XGBoost {xgb.__version__} on host {env.current_host} ({env.host_rank + 1} of {len(env.hosts)}), "
            f"device={params['device']}, nthread={params['nthread']}")
 
-    with distributed.Cluster(env, hp["tracker_port"], hp["tracker_timeout"]) as cluster, \
-            distributed.xgboost_errors(cluster):
+    with hosts.Cluster(env, hp["tracker_port"], hp["tracker_timeout"]) as cluster, \
+            hosts.xgboost_errors(cluster):
         # --- Data: this host's files, one table layout and one category coding for all hosts and channels.
         sources = cluster.agree(data_utils.plan_sources, env, hp, cluster)
         layout = cluster.agree(data_utils.agree_layout, sources, hp, cluster)
@@ -183,7 +184,7 @@ class LogMetrics(xgb.callback.TrainingCallback):
 
 
 def train_loop(booster: xgb.Booster, dtrain: xgb.DMatrix, evals: list, start: int, num_round: int, callbacks: list,
-               params: dict, cluster: distributed.Cluster, restart_every: int = 0) -> tuple[xgb.Booster, dict]:
+               params: dict, cluster: hosts.Cluster, restart_every: int = 0) -> tuple[xgb.Booster, dict]:
     """XGBoost's rounds, numbered globally (a resumed run goes on at the checkpoint's round).
 
     XGBoost's random draws depend on the booster's history in this process (its updaters draw when they
@@ -215,7 +216,7 @@ def train_loop(booster: xgb.Booster, dtrain: xgb.DMatrix, evals: list, start: in
             if restart_every and (i + 1) % restart_every == 0 and i + 1 < num_round:
                 booster = xgb.Booster(params, cache, model_file=booster.save_raw("ubj"))
     except xgb.core.XGBoostError as exc:
-        raise sm.UserError(distributed.training_failure(exc, cluster)) from None
+        raise sm.UserError(hosts.training_failure(exc, cluster)) from None
     if stopped:
         booster.set_attr(smkit_stopped_early="1")
     saver.save(booster, booster.num_boosted_rounds())  # the end state, so that a restart does not train again
