@@ -40,6 +40,7 @@ params_module = script_module("xgboost", "params")
 data_utils = script_module("xgboost", "data_utils")
 dmatrix = script_module("xgboost", "dmatrix")
 labels = script_module("xgboost", "labels")
+memory = script_module("xgboost", "memory")
 hosts_module = script_module("xgboost", "hosts")
 
 
@@ -119,6 +120,7 @@ def load(tmp: Path, *args: str):
     cluster = hosts_module.Cluster(env, 9099, 10)  # not entered: one host, or this host's view of several
     sources = cluster.agree(data_utils.plan_sources, env, hp, cluster)
     layout = cluster.agree(data_utils.agree_layout, sources, hp, cluster)
+    cluster.agree(memory.plan, hp, sources, layout, cluster)
     data = cluster.agree(dmatrix.load_data, sources, layout, hp, cluster)
     return data, params, hp
 

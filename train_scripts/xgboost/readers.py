@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from data_utils import Layout, Source
 
 COMPRESSIONS = (".gz", ".bz2", ".zst", ".lz4")
+PARALLEL_BLOCK = 1 << 20  # read_csv's unit of parallel work: 1 MiB blocks keep every core busy
+LONG_LINE_ERRORS = ("straddl", "larger than block size", "Empty CSV file or block")
 
 
 @dataclass
@@ -100,7 +102,8 @@ def head_lines(path: Path, count: int = 20, limit: int = 1 << 16) -> list[str]:
 
 
 def block_bytes(hp: dict) -> int:
-    return max(1 << 12, int(hp["batch_mb"] * (1 << 20)))
+    """Bytes of one batch (and of one CSV block when streaming): batch_mb, 64 MiB until memory.plan sets it."""
+    return max(1 << 12, int((hp["batch_mb"] or 64) * (1 << 20)))
 
 
 def parquet_file(source: Source, path: Path) -> pq.ParquetFile:
@@ -148,7 +151,37 @@ def read_file(source: Source, path: Path, layout: Layout | None, hp: dict,
     convert = pacsv.ConvertOptions(
         column_types={name: layout.arrow_type(i) for i, name in enumerate(layout.names)},
         include_columns=include, strings_can_be_null=True, quoted_strings_can_be_null=True)
-    yield from _stream_csv(source, path, read, parse, convert, layout)
+    if hp["external_memory"] is False and columns is None:
+        yield from _read_whole_csv(source, path, read, parse, convert, layout)
+    else:
+        yield from _stream_csv(source, path, read, parse, convert, layout)
+
+
+def _read_whole_csv(source: Source, path: Path, read: pacsv.ReadOptions, parse: pacsv.ParseOptions,
+                    convert: pacsv.ConvertOptions, layout: Layout | None) -> Iterator[pa.RecordBatch]:
+    """The whole file at once, parsed by every core (pyarrow.csv.read_csv in blocks of 1 MiB, where the
+    streaming reader parses one block after the other), handed on block by block so that each block's
+    memory is freed once it is converted. A line longer than a block falls back to the streaming reader,
+    whose blocks are batch_mb large."""
+    parallel = pacsv.ReadOptions(column_names=read.column_names, skip_rows=read.skip_rows,
+                                 block_size=min(read.block_size, PARALLEL_BLOCK), use_threads=True)
+    try:
+        table = pacsv.read_csv(str(path), parallel, parse, convert)
+    except pa.ArrowInvalid as exc:
+        if "Empty CSV file" in str(exc) and "block" not in str(exc):
+            return  # an empty file has no rows
+        if parallel.block_size < read.block_size and any(s in str(exc) for s in LONG_LINE_ERRORS):
+            yield from _stream_csv(source, path, read, parse, convert, layout)
+            return
+        raise csv_error(source, path, exc, layout, parallel.block_size) from None
+    except OSError as exc:
+        raise sm.UserError(f"File {source.rel(path)} cannot be read ({exc}); check that it is a valid text or "
+                           "compressed file.") from None
+    batches = table.to_batches()
+    del table
+    batches.reverse()
+    while batches:
+        yield batches.pop()
 
 
 def _stream_csv(source: Source, path: Path, read: pacsv.ReadOptions, parse: pacsv.ParseOptions,
@@ -194,7 +227,7 @@ def csv_error(source: Source, path: Path, exc: Exception, layout: Layout | None,
     """An Arrow CSV error as one sentence naming the file, the row and the column."""
     text = str(exc)
     check_text(source, path)
-    if block and any(s in text for s in ("straddl", "larger than block size", "Empty CSV file or block")):
+    if block and any(s in text for s in LONG_LINE_ERRORS):
         try:
             with open_text(path) as handle:
                 long = sm.first_long_line(handle, block)

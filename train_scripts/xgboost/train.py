@@ -11,6 +11,7 @@ hyperparameter too, see params.py), then main(): join the other hosts, read the 
 The modules beside it, baked into /opt/ml/code with it, have one job each:
     params.py         XGBoost's parameters, their types and XGBoost's own check of the values
     data_utils.py     which files each channel has, their format (CSV, libsvm, Parquet), the column layout
+    memory.py         in memory or external memory, and the batch size, from the container's memory
     readers.py        batches from files (pyarrow), bad files as one sentence naming file, row and column
     dmatrix.py        categories and classes coded alike on every host, batches into XGBoost's DMatrix
     labels.py         the labels against the objective
@@ -41,6 +42,7 @@ except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "common"))
     import sm_contract as sm
 
+import pyarrow as pa
 import pyarrow.csv as pacsv
 import xgboost as xgb
 
@@ -49,6 +51,7 @@ import data_utils
 import hosts
 import dmatrix
 import labels
+import memory
 import outputs
 import params as xgb_params
 from data_utils import CHANNELS
@@ -75,9 +78,12 @@ HYPERPARAMETERS = {
         bool, True, "string columns are categorical features (XGBoost's native support); false: they are an error"),
     "missing": sm.Hyperparameter(float, math.nan, "the feature value that means missing, besides empty fields and NaN"),
     "external_memory": sm.Hyperparameter(
-        bool, False, "train from disk-cached pages (ExtMemQuantileDMatrix) for data larger than memory"),
+        str, "auto", "train from disk-cached pages (ExtMemQuantileDMatrix): auto (when the data does not fit the "
+        "container's memory), true or false"),
     "external_memory_dir": sm.Hyperparameter(str, "", "directory for the external-memory cache (default: a temporary one)"),
-    "batch_mb": sm.Hyperparameter(float, 64.0, "MiB of data per batch fed to XGBoost (and per external-memory page)", min=0.001),
+    "batch_mb": sm.Hyperparameter(
+        float, 0.0, "MiB of data per batch fed to XGBoost (and per external-memory page); 0: from the container's "
+        "memory", min=0),
     "checkpoint_frequency": sm.Hyperparameter(
         int, 10, "save a checkpoint every N rounds when a checkpoint directory is set (0: only at the end)", min=0),
     "exact_resume": sm.Hyperparameter(
@@ -94,6 +100,7 @@ HYPERPARAMETERS = {
 
 # Word-valued options, case-insensitive (the SDK sends Python's True as "True").
 CHOICES = {"csv_header": ("auto", "true", "false"), "save_predictions": ("auto", "true", "false"),
+           "external_memory": ("auto", "true", "false"),
            "data_format": ("auto", "csv", "libsvm", "parquet")}
 
 
@@ -129,6 +136,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     hp = script_options(env)
     params = xgb_params.xgboost_params(env)
     xgb_params.check_parameters_with_xgboost(params)
+    pa.set_cpu_count(params["nthread"])  # the CSV reader's threads: as many as XGBoost's
     if hp["early_stopping_rounds"] and env.channels.get("validation") is None:
         raise sm.UserError("early_stopping_rounds needs a 'validation' channel to watch; add one or set "
                            "early_stopping_rounds=0.")
@@ -141,6 +149,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         # --- Data: this host's files, one table layout and one category coding for all hosts and channels.
         sources = cluster.agree(data_utils.plan_sources, env, hp, cluster)
         layout = cluster.agree(data_utils.agree_layout, sources, hp, cluster)
+        cluster.agree(memory.plan, hp, sources, layout, cluster)  # in memory or external; batch_mb
         data = cluster.agree(dmatrix.load_data, sources, layout, hp, cluster)
         labels.objective_from_labels(params, data)
         with dmatrix.external_memory_cache(hp) as cache:
