@@ -36,11 +36,12 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-try:  # in the image every module sits in /opt/ml/code; in the repository sm_contract is in ../common
-    import sm_contract as sm
-except ImportError:
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "common"))
-    import sm_contract as sm
+# In the image this file, its modules and sm_contract sit together in /opt/ml/code (on sys.path already);
+# in the repository sm_contract is in ../common, and runpy.run_path adds neither folder.
+_HERE = Path(__file__).resolve().parent
+sys.path += [str(d) for d in (_HERE, _HERE.parent / "common") if d.is_dir() and str(d) not in sys.path]
+
+import sm_contract as sm  # noqa: E402
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -48,8 +49,8 @@ import xgboost as xgb
 
 import checkpointing
 import data_utils
-import hosts
 import dmatrix
+import hosts
 import labels
 import memory
 import outputs
