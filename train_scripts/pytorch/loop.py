@@ -80,6 +80,13 @@ def make_optimizer(model: nn.Module, hp: dict, device: torch.device) -> torch.op
         return torch.optim.AdamW(groups, lr=hp["learning_rate"], foreach=True)
 
 
+def criterion(hp: dict) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The loss summed over a step's rows: cross-entropy for classification, squared error for regression."""
+    if hp["task"] == "classification":
+        return lambda out, yb: F.cross_entropy(out, yb, reduction="sum", label_smoothing=hp["label_smoothing"])
+    return lambda out, yb: F.mse_loss(out[:, 0], yb, reduction="sum")
+
+
 # -----------------------------------------------------------------------------------------------
 # One epoch
 
@@ -97,17 +104,23 @@ def train_epoch(model: nn.Module, params: list[torch.Tensor], optimizer: torch.o
     loss_total = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     rows, lr = 0, hp["learning_rate"]
+    on_device = X.device == device
     for s, idx in enumerate(torch.tensor_split(order, schedule.steps_per_epoch)):
         lr = learning_rate(step, schedule.total_steps, schedule.warmup_steps, hp["learning_rate"], hp["lr_schedule"],
                            hp["min_lr_ratio"])
         for group in optimizer.param_groups:
             group["lr"] = lr
-        if X.device != idx.device:
-            idx = idx.to(X.device)
-        xb, yb = X[idx].to(device, non_blocking=True), Y[idx].to(device, non_blocking=True)
-        with autocast(precision, device):
+        if on_device:  # the data stays where it is (on CPU, or already on the GPU)
+            xb, yb = X[idx.to(X.device)], Y[idx.to(X.device)]
+        else:  # pinned host memory, copied per batch
+            xb, yb = X[idx].to(device, non_blocking=True), Y[idx].to(device, non_blocking=True)
+        if precision.dtype is None:
             out = model(xb)
-        loss_sum = criterion(out.float(), yb)
+        else:
+            with autocast(precision, device):
+                out = model(xb)
+            out = out.float()
+        loss_sum = criterion(out, yb)
         loss = loss_sum * schedule.loss_scales[s]  # DDP averages over processes: this makes it the step mean
         optimizer.zero_grad(set_to_none=True)
         if scaler is None:
@@ -174,6 +187,9 @@ class Progress:
         else:
             self.bad_epochs += 1
             self.stopped = bool(hp["patience"]) and self.bad_epochs >= hp["patience"]
+            if self.stopped:
+                sm.log(f"early stopping after epoch {epoch}: validation loss has not improved for "
+                       f"{hp['patience']} epochs (best {self.best_loss:.6g} at epoch {self.best_epoch})")
 
 
 def checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any, progress: Progress,
@@ -193,8 +209,16 @@ def checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer, scaler:
     }
 
 
+def save_checkpoint(checkpoints: sm.Checkpoints, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any,
+                    progress: Progress, rng: list, lr: float, schedule: Schedule, hp: dict, preprocessing: dict,
+                    world: int) -> None:
+    state = checkpoint_state(model, optimizer, scaler, progress, rng, lr, schedule, hp, preprocessing, world)
+    path = checkpoints.save(progress.epoch, lambda tmp: torch.save(state, tmp))
+    sm.log(f"checkpoint: epoch {progress.epoch} saved to {path}")
+
+
 def resume(state: dict, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any, shuffle: torch.Generator,
-           hp: dict, me: Dist) -> Progress:
+           hp: dict, me: Dist, where: Path | None) -> Progress:
     """Load a checkpoint's weights, optimizer, schedule position and random state (see checkpoint_state)."""
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
@@ -210,6 +234,7 @@ def resume(state: dict, model: nn.Module, optimizer: torch.optim.Optimizer, scal
                "random streams are re-seeded")
         seed_everything(hp["seed"] + 1_000_003 * me.rank + progress.epoch)
         shuffle.manual_seed(hp["seed"] + 7_919 * (me.rank + 1) + progress.epoch)
+    sm.log(f"resumed from the checkpoint of epoch {progress.epoch} in {where}")
     return progress
 
 

@@ -6,6 +6,7 @@ an inference script (SageMaker's `model_fn`) and in tests; `export_for_serving` 
 Predictor as TorchScript (model.ts) and torch.export (model.pt2).
 
 Your own architecture goes into MLP (and build_model, which reads its shape from model-config.json).
+Only torch is imported: an inference script needs this file alone.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import json
 import warnings
 from pathlib import Path
 
-import sm_contract as sm
 import torch
 import torch.nn as nn
 
@@ -93,10 +93,11 @@ def model_config(hp: dict, model_spec: dict, preprocessing: dict, world: int, ep
     }
 
 
-def export_for_serving(predictor: Predictor, width: int, stage: Path, fmt: str) -> list[str]:
+def export_for_serving(predictor: Predictor, width: int, stage: Path, fmt: str) -> tuple[list[str], list[str]]:
     """model.ts (TorchScript, loads with torch.jit.load in torch 2.x and TorchServe) and model.pt2
-    (torch.export, loads with torch.export.load). A failed export is a warning, not a failed job."""
-    written = []
+    (torch.export, loads with torch.export.load): (files written, warnings). A failed export is a
+    warning, not a failed job."""
+    written, problems = [], []
     example = torch.randn(3, width)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch 2.9+ marks TorchScript deprecated
@@ -105,7 +106,7 @@ def export_for_serving(predictor: Predictor, width: int, stage: Path, fmt: str) 
                 torch.jit.trace(predictor, example).save(str(stage / "model.ts"))
                 written.append("model.ts")
             except Exception as exc:  # noqa: BLE001
-                sm.log(f"warning: TorchScript export failed ({type(exc).__name__}: {exc}); model.pt still loads")
+                problems.append(f"TorchScript export failed ({type(exc).__name__}: {exc}); model.pt still loads")
         if fmt in ("both", "export"):
             try:
                 program = torch.export.export(predictor, (example,),
@@ -113,5 +114,5 @@ def export_for_serving(predictor: Predictor, width: int, stage: Path, fmt: str) 
                 torch.export.save(program, str(stage / "model.pt2"))
                 written.append("model.pt2")
             except Exception as exc:  # noqa: BLE001
-                sm.log(f"warning: torch.export failed ({type(exc).__name__}: {exc}); model.pt still loads")
-    return written
+                problems.append(f"torch.export failed ({type(exc).__name__}: {exc}); model.pt still loads")
+    return written, problems

@@ -191,6 +191,14 @@ class Dist(sm.Peers):
         return box[0]
 
 
+def parallel(model: torch.nn.Module, me: Dist) -> torch.nn.Module:
+    """The model as the training loop calls it: DistributedDataParallel when there are other processes."""
+    if me.world == 1:
+        return model
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[me.device.index]
+                                                     if me.device.type == "cuda" else None)
+
+
 def start_processes(env: sm.TrainingEnv, hp: dict, gpus: int) -> Dist:
     """Join the process group when torchrun started this process; otherwise this is the only process."""
     ranks = torchrun_ranks(dict(os.environ))

@@ -38,7 +38,6 @@ import sm_contract as sm  # noqa: E402
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
 
 import data as data_module
 import loop
@@ -143,18 +142,13 @@ def train(env: sm.TrainingEnv, hp: dict, me: Dist, started: float) -> None:
 
     # -- data: this process's shard of each channel, checked before any training -----------------
     data = data_module.prepare(env, hp, me)
-    classification = hp["task"] == "classification"
 
     # -- model ------------------------------------------------------------------------------------
     loop.seed_everything(hp["seed"])  # the same initial weights on every process (DDP also broadcasts rank 0's)
     model_spec = {"input_dim": data.num_features, "hidden_sizes": list(hp["hidden_sizes"]),
-                  "output_dim": len(data.classes) if classification else 1, "activation": hp["activation"],
-                  "dropout": hp["dropout"]}
+                  "output_dim": len(data.classes) or 1, "activation": hp["activation"], "dropout": hp["dropout"]}
     raw_model = model_module.build_model(model_spec).to(me.device)
-    model: nn.Module = raw_model
-    if me.world > 1:
-        model = nn.parallel.DistributedDataParallel(raw_model, device_ids=[me.device.index]
-                                                    if me.device.type == "cuda" else None)
+    model = processes.parallel(raw_model, me)  # DistributedDataParallel with more than one process
     loop.seed_everything(hp["seed"] + 1_000_003 * me.rank)  # dropout differs between processes
     shuffle = torch.Generator().manual_seed(hp["seed"] + 7_919 * (me.rank + 1))
 
@@ -162,12 +156,7 @@ def train(env: sm.TrainingEnv, hp: dict, me: Dist, started: float) -> None:
     optimizer = loop.make_optimizer(raw_model, hp, me.device)
     scaler = torch.amp.GradScaler(me.device.type) if precision.scaler else None
     schedule = loop.make_schedule(data.counts, hp)
-    if classification:
-        def criterion(out, yb):
-            return F.cross_entropy(out, yb, reduction="sum", label_smoothing=hp["label_smoothing"])
-    else:
-        def criterion(out, yb):
-            return F.mse_loss(out[:, 0], yb, reduction="sum")
+    criterion = loop.criterion(hp)
 
     # -- resume from the newest checkpoint ---------------------------------------------------------
     checkpoints = sm.Checkpoints(env.checkpoint_dir if hp["checkpoint_every"] else None, suffix=".pt",
@@ -176,8 +165,7 @@ def train(env: sm.TrainingEnv, hp: dict, me: Dist, started: float) -> None:
     state = me.broadcast(loop.load_checkpoint(checkpoints) if checkpoints.enabled and me.rank == 0 else None)
     if state is not None:
         loop.check_resumable(state, hp, data.preprocessing, env.checkpoint_dir)
-        progress = loop.resume(state, raw_model, optimizer, scaler, shuffle, hp, me)
-        sm.log(f"resumed from the checkpoint of epoch {progress.epoch} in {env.checkpoint_dir}")
+        progress = loop.resume(state, raw_model, optimizer, scaler, shuffle, hp, me, env.checkpoint_dir)
     if data.validation is None and hp["patience"]:
         sm.log("note: no validation data, so no early stopping (add a validation channel or validation_fraction)")
 
@@ -191,41 +179,35 @@ def train(env: sm.TrainingEnv, hp: dict, me: Dist, started: float) -> None:
         progress.epoch += 1
         lr = metrics["train:learning_rate"]
         check_finite_weights(params, metrics, progress.epoch, hp)
-        if data.validation is not None:
-            val_metrics, _ = loop.evaluate(raw_model, *data.validation, hp, me, precision, len(data.classes),
-                                           data.target_std)
-            metrics.update({f"validation:{k}": v for k, v in val_metrics.items()})
-            progress.after_validation(val_metrics["loss"], progress.epoch, raw_model, hp)
+        if data.validation is not None:  # metrics, and early stopping on the validation loss
+            metrics.update(validate(raw_model, data, progress, hp, me, precision))
         if me.rank == 0:
             sm.log_metrics("epoch", progress.epoch, metrics)
         progress.history.append({"epoch": progress.epoch, **metrics})
-        if progress.stopped:
-            sm.log(f"early stopping after epoch {progress.epoch}: validation loss has not improved for "
-                   f"{hp['patience']} epochs (best {progress.best_loss:.6g} at epoch {progress.best_epoch})")
 
         # -- checkpoint: every process's random state, gathered; rank 0 writes -------------------
         last = progress.epoch == hp["epochs"] or progress.stopped
         if checkpoints.enabled and (progress.epoch % hp["checkpoint_every"] == 0 or last):
             rng = me.gather(loop.rng_state(shuffle, me.device))
             if me.rank == 0:
-                state = loop.checkpoint_state(raw_model, optimizer, scaler, progress, rng, lr, schedule, hp,
-                                              data.preprocessing, me.world)
-                path = checkpoints.save(progress.epoch, lambda tmp: torch.save(state, tmp))
-                sm.log(f"checkpoint: epoch {progress.epoch} saved to {path}")
+                loop.save_checkpoint(checkpoints, raw_model, optimizer, scaler, progress, rng, lr, schedule, hp,
+                                     data.preprocessing, me.world)
 
     # -- final evaluation with the weights that are saved, and save ------------------------------
-    if hp["restore_best"] and progress.best_state is not None:
-        raw_model.load_state_dict(progress.best_state)
-        sm.log(f"restored the weights of epoch {progress.best_epoch} (best validation loss {progress.best_loss:.6g})")
-    final, confusion = final_evaluation(raw_model, data, hp, me, precision)
+    final, confusion = final_evaluation(raw_model, data, progress, hp, me, precision)
     if me.rank == 0:
-        restored = hp["restore_best"] and progress.best_state is not None
-        sm.log_metrics("final", progress.best_epoch if restored else len(progress.history), final)
         save(env, hp, me, raw_model, model_spec, data, final, confusion, progress, started)
     # Every rank leaves only once rank 0 has saved: SageMaker local mode (docker compose
     # --abort-on-container-exit) stops all containers as soon as the first one exits.
     if dist.is_initialized():
         dist.barrier()
+
+
+def validate(model: nn.Module, data: data_module.Prepared, progress: loop.Progress, hp: dict, me: Dist,
+             precision: processes.Precision) -> dict[str, float]:
+    metrics, _ = loop.evaluate(model, *data.validation, hp, me, precision, len(data.classes), data.target_std)
+    progress.after_validation(metrics["loss"], progress.epoch, model, hp)
+    return {f"validation:{k}": v for k, v in metrics.items()}
 
 
 def check_finite_weights(params: list[torch.Tensor], metrics: dict, epoch: int, hp: dict) -> None:
@@ -235,9 +217,14 @@ def check_finite_weights(params: list[torch.Tensor], metrics: dict, epoch: int, 
                            "check the features for extreme values.")
 
 
-def final_evaluation(model: nn.Module, data: data_module.Prepared, hp: dict, me: Dist,
+def final_evaluation(model: nn.Module, data: data_module.Prepared, progress: loop.Progress, hp: dict, me: Dist,
                      precision: processes.Precision) -> tuple[dict[str, float], dict[str, list]]:
-    """Metrics of every channel, and the confusion matrix of each for classification."""
+    """Metrics of every channel with the weights that are saved (the best epoch's with restore_best), and
+    the confusion matrix of each for classification."""
+    restored = hp["restore_best"] and progress.best_state is not None
+    if restored:
+        model.load_state_dict(progress.best_state)
+        sm.log(f"restored the weights of epoch {progress.best_epoch} (best validation loss {progress.best_loss:.6g})")
     final: dict[str, float] = {}
     confusion: dict[str, list] = {}
     for name, tensors in (("train", data.train), ("validation", data.validation), ("test", data.test)):
@@ -246,6 +233,8 @@ def final_evaluation(model: nn.Module, data: data_module.Prepared, hp: dict, me:
             final.update({f"{name}:{k}": v for k, v in metrics.items()})
             if matrix is not None:
                 confusion[name] = matrix.tolist()
+    if me.rank == 0:
+        sm.log_metrics("final", progress.best_epoch if restored else len(progress.history), final)
     return final, confusion
 
 
@@ -265,8 +254,10 @@ def save(env: sm.TrainingEnv, hp: dict, me: Dist, trained: nn.Module, model_spec
         evaluation["confusion_matrix"] = confusion  # rows: true label, columns: predicted, per channel
     with sm.staged_outputs(env.model_dir, env.output_data_dir) as (model_stage, data_stage):
         torch.save(mlp.state_dict(), model_stage / "model.pt")
-        config["exports"] = model_module.export_for_serving(model_module.Predictor(mlp, config).eval(),
-                                                            model_spec["input_dim"], model_stage, hp["export_format"])
+        config["exports"], problems = model_module.export_for_serving(
+            model_module.Predictor(mlp, config).eval(), model_spec["input_dim"], model_stage, hp["export_format"])
+        for problem in problems:
+            sm.log(f"warning: {problem}")
         (model_stage / "model-config.json").write_text(json.dumps(config, indent=2) + "\n")
         (data_stage / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n")
         for channel, matrix in confusion.items():

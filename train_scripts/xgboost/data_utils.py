@@ -242,30 +242,8 @@ def agree_layout(sources: dict[str, Source], hp: dict, cluster: Cluster) -> Layo
         dupes = sorted({n for n in names if names.count(n) > 1})
         raise sm.UserError(f"The header names the column(s) {', '.join(map(repr, dupes))} more than once; give every "
                            "column a distinct name.")
-
-    def column(key: str, default: int | None) -> int | None:
-        value = hp[key]
-        if not value:
-            return default
-        if header and value in names:
-            return names.index(value)
-        if value.isdigit() and int(value) < len(names):
-            return int(value)
-        where = f"columns: {', '.join(names)[:300]}" if header else "the files have no header row; pass csv_header=true if they do"
-        raise sm.UserError(f"{key} {value!r} is not a column of channel '{reference.channel}' ({where}).")
-
-    label = column("target_column", 0)
-    assert label is not None
-    weight = column("weight_column", None)
-    if hp["csv_weights"]:
-        if weight is not None:
-            raise sm.UserError("csv_weights=1 and weight_column both name a weight column; pass only one.")
-        weight = label + 1
-    qid = column("qid_column", None)
+    label, weight, qid = role_columns(names, header, reference.channel, hp)
     roles = [c for c in (label, weight, qid) if c is not None]
-    if len(set(roles)) != len(roles) or max(roles) >= len(names):
-        raise sm.UserError("target_column, weight_column (or csv_weights) and qid_column must name different, "
-                           f"existing columns; the data has {len(names)} columns.")
     features = [c for c in range(len(names)) if c not in roles]
     if not features:
         raise sm.UserError("The data has no feature columns besides the label; add at least one feature column.")
@@ -282,6 +260,34 @@ def agree_layout(sources: dict[str, Source], hp: dict, cluster: Cluster) -> Layo
         + (f", qid {layout.column(qid)}" if qid is not None else "")
         + f"; {len(features)} features, {len(strings)} categorical")
     return layout
+
+
+def role_columns(names: list[str], header: bool, channel: str, hp: dict) -> tuple[int, int | None, int | None]:
+    """The label, weight and query-id columns the hyperparameters name (a header name or a 0-based index)."""
+    def column(key: str, default: int | None) -> int | None:
+        value = hp[key]
+        if not value:
+            return default
+        if header and value in names:
+            return names.index(value)
+        if value.isdigit() and int(value) < len(names):
+            return int(value)
+        where = f"columns: {', '.join(names)[:300]}" if header else "the files have no header row; pass csv_header=true if they do"
+        raise sm.UserError(f"{key} {value!r} is not a column of channel '{channel}' ({where}).")
+
+    label = column("target_column", 0)
+    assert label is not None
+    weight = column("weight_column", None)
+    if hp["csv_weights"]:
+        if weight is not None:
+            raise sm.UserError("csv_weights=1 and weight_column both name a weight column; pass only one.")
+        weight = label + 1
+    qid = column("qid_column", None)
+    roles = [c for c in (label, weight, qid) if c is not None]
+    if len(set(roles)) != len(roles) or max(roles) >= len(names):
+        raise sm.UserError("target_column, weight_column (or csv_weights) and qid_column must name different, "
+                           f"existing columns; the data has {len(names)} columns.")
+    return label, weight, qid
 
 
 def safe_feature_names(names: list[str]) -> list[str]:
