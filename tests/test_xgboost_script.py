@@ -704,3 +704,68 @@ def test_two_hosts_fail_together_with_the_bad_hosts_reason(tmp_path):
     for host in hosts:
         assert failure(tmp_path / host) == "Host 127.0.0.2: Data row 2 of train/b.csv has no label (column 0); every " \
                                            "row needs a finite number there, so fill in or fix the value, or drop the row.\n"
+
+
+def test_workers_wait_for_the_tracker_port_then_join(tmp_path):
+    """A worker that starts before the first host's tracker listens polls the port and goes on as soon
+    as it accepts (instead of XGBoost's connect back-off); a tracker that never comes fails with one
+    sentence naming the address and tracker_timeout."""
+    import threading
+
+    port = free_port()
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    opened = threading.Event()
+
+    def open_later():
+        time.sleep(0.5)
+        listener.bind(("127.0.0.1", port))
+        listener.listen()
+        opened.set()
+
+    thread = threading.Thread(target=open_later)
+    thread.start()
+    try:
+        hosts_module.wait_for_tracker("127.0.0.1", port, timeout=30)
+        assert opened.is_set()  # it returned because the port opened, not before
+    finally:
+        thread.join()
+        listener.close()
+    closed = free_port()
+    with pytest.raises(sm.UserError, match=re.escape(f"XGBoost's tracker on the first host (127.0.0.1:{closed}) did not "
+                                                     "accept connections within tracker_timeout=1s")):
+        hosts_module.wait_for_tracker("127.0.0.1", closed, timeout=1)
+
+
+def test_memory_limit_from_cgroup_v2_and_v1_else_the_machine(tmp_path):
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    v2, v1 = tmp_path / "memory.max", tmp_path / "memory.limit_in_bytes"
+    v2.write_text("max\n")
+    v1.write_text(f"{2**63 - 4096}\n")  # cgroup v1 without a limit
+    assert memory.memory_limit((str(v2), str(v1))) == physical
+    v2.write_text("536870912\n")  # docker run --memory 512m, cgroup v2
+    assert memory.memory_limit((str(v2), str(v1))) == 512 * 2**20
+    v1.write_text("402653184\n")  # cgroup v1
+    assert memory.memory_limit((str(tmp_path / "absent"), str(v1))) == 384 * 2**20
+
+
+def test_data_larger_than_the_memory_limit_goes_to_external_memory_by_itself(tmp_path):
+    write_csv(tmp_path / "train" / "t.csv", [[i % 2, float(i), float(i % 7)] for i in range(3000)])
+
+    def planned(limit, *args):
+        env = sm.load_environment(train.HYPERPARAMETERS, train.CHANNELS, argv=job_args(tmp_path, "--train",
+                                  str(tmp_path / "train"), *args), extra_hyperparameters=train.xgboost_parameter, env={})
+        hp = train.script_options(env)
+        cluster = hosts_module.Cluster(env, 9099, 10)
+        sources = data_utils.plan_sources(env, hp, cluster)
+        layout = data_utils.agree_layout(sources, hp, cluster)
+        memory.plan(hp, sources, layout, cluster, limit=limit)
+        return hp["external_memory"], hp["batch_mb"]
+
+    roomy = memory.resident_bytes() + 2**30
+    assert planned(roomy) == (False, 64.0)
+    tight = memory.resident_bytes() + 100_000  # less than 2.5x the data's ~90 KB as float32
+    external, batch_mb = planned(tight)
+    assert external is True and batch_mb == memory.MIN_BATCH_MB
+    assert planned(tight, "--external_memory", "false", "--batch_mb", "8") == (False, 8.0)  # the hyperparameters win
+    assert planned(roomy, "--external_memory", "True")[0] is True

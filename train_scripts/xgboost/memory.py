@@ -26,10 +26,10 @@ DEFAULT_BATCH_MB = 64.0
 MIN_BATCH_MB = 4.0
 
 
-def memory_limit() -> int:
+def memory_limit(cgroup_files: tuple[str, ...] = CGROUP_LIMITS) -> int:
     """Bytes this container may use: its cgroup limit, or the machine's memory when there is none."""
     physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    for path in CGROUP_LIMITS:
+    for path in cgroup_files:
         try:
             text = Path(path).read_text().strip()
         except OSError:
@@ -64,9 +64,10 @@ def matrix_bytes(sources: dict[str, Source], layout: Layout | None) -> int:
     return total
 
 
-def plan(hp: dict, sources: dict[str, Source], layout: Layout | None, cluster: Cluster) -> None:
+def plan(hp: dict, sources: dict[str, Source], layout: Layout | None, cluster: Cluster,
+         limit: int | None = None) -> None:
     """Set hp["external_memory"] (True/False) and hp["batch_mb"] for this job; every host alike."""
-    free = max(0, memory_limit() - resident_bytes())
+    free = max(0, (memory_limit() if limit is None else limit) - resident_bytes())
     needed = int(matrix_bytes(sources, layout) * IN_MEMORY_FACTOR)
     if hp["external_memory"] == "auto":
         external = any(cluster.gather(needed > free))  # one kind of DMatrix on every host
