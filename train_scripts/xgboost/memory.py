@@ -77,5 +77,5 @@ def plan(hp: dict, sources: dict[str, Source], layout: Layout | None, cluster: C
     hp["external_memory"] = external
     if not hp["batch_mb"]:
         share = free / EXTERNAL_BATCH_SHARE if external else free / 4
-        hp["batch_mb"] = float(max(MIN_BATCH_MB, min(DEFAULT_BATCH_MB, share / 2**20)))
+        hp["batch_mb"] = float(int(max(MIN_BATCH_MB, min(DEFAULT_BATCH_MB, share / 2**20))))
     sm.log(f"Memory: {'external memory' if external else 'in memory'} ({why}); batches of {hp['batch_mb']:g} MiB.")
