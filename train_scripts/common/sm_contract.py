@@ -290,17 +290,8 @@ def load_environment(
         return None
 
     config_dir = Path(env.get("SM_INPUT_CONFIG_DIR") or OPT_ML / "input/config")
-    # Channels: --train DIR, SM_CHANNEL_TRAIN, or /opt/ml/input/data/train.
     input_config = _read_json(config_dir / "inputdataconfig.json")
-    channel_dirs: dict[str, Path] = {}
-    for name in set(channels) | set(input_config):
-        key = name.replace("-", "_")
-        if key in cli:
-            channel_dirs[name] = Path(cli.pop(key))
-        elif env.get(f"SM_CHANNEL_{name.upper()}"):
-            channel_dirs[name] = Path(env[f"SM_CHANNEL_{name.upper()}"])
-        elif (OPT_ML / "input/data" / name).exists():
-            channel_dirs[name] = OPT_ML / "input/data" / name
+    channel_dirs = _channel_dirs(set(channels) | set(input_config), cli, env)
     content_types = {n: c.get("ContentType", "") for n, c in input_config.items() if isinstance(c, dict)}
     distribution = {n: c.get("S3DistributionType", "FullyReplicated") for n, c in input_config.items() if isinstance(c, dict)}
 
@@ -318,36 +309,12 @@ def load_environment(
         elif (OPT_ML / "checkpoints").is_dir():
             checkpoint_dir = OPT_ML / "checkpoints"
 
-    resource = _read_json(config_dir / "resourceconfig.json")
-    hosts_raw = cli.pop("hosts", None) or env.get("SM_HOSTS")
-    hosts = _parse_hosts(hosts_raw) if hosts_raw else sorted(resource.get("hosts") or [])
-    current = cli.pop("current_host", None) or env.get("SM_CURRENT_HOST") or resource.get("current_host")
-    if not hosts:
-        hosts = [current or "localhost"]
-    current = current or hosts[0]
-    if current not in hosts:
-        raise UserError(f"Current host {current!r} is not among the hosts {hosts}; pass --current-host one of them.")
+    hosts, current = _hosts(cli, env, _read_json(config_dir / "resourceconfig.json"))
     num_cpus = int(parse_number(cli.pop("num_cpus", None) or env.get("SM_NUM_CPUS") or os.cpu_count() or 1, int))
     gpus_raw = cli.pop("num_gpus", None) or env.get("SM_NUM_GPUS")
     num_gpus = int(parse_number(gpus_raw, int)) if gpus_raw is not None else -1  # -1: detect
 
-    # Hyperparameters: defaults < SM_HPS < CLI; SageMaker's own `sagemaker_*` keys are not ours.
-    raw: dict[str, Any] = {}
-    try:
-        raw.update(json.loads(env.get("SM_HPS") or "{}"))
-    except ValueError:
-        raise UserError("SM_HPS is not valid JSON; pass hyperparameters as a JSON object.") from None
-    raw.update(cli)
-    values = {name: spec.default for name, spec in declared.items()}
-    for name, value in raw.items():
-        if name.startswith("sagemaker_"):
-            continue
-        if name in declared:
-            values[name] = coerce(name, value, declared[name])
-        elif extra_hyperparameters is not None:
-            values[name] = extra_hyperparameters(name, value)
-        else:
-            raise UserError(unknown_hyperparameter(name, list(declared) + list(channels)))
+    values = _hyperparameters(declared, channels, cli, env, extra_hyperparameters)
     _FAILURE.output_dir = output_dir
     return TrainingEnv(
         channels=channel_dirs,
@@ -364,6 +331,55 @@ def load_environment(
         hyperparameters=values,
         in_container=in_container,
     )
+
+
+def _channel_dirs(names: set[str], cli: dict[str, Any], env: dict[str, str]) -> dict[str, Path]:
+    """Each channel's directory: --train DIR, SM_CHANNEL_TRAIN, or /opt/ml/input/data/train."""
+    found: dict[str, Path] = {}
+    for name in names:
+        key = name.replace("-", "_")
+        if key in cli:
+            found[name] = Path(cli.pop(key))
+        elif env.get(f"SM_CHANNEL_{name.upper()}"):
+            found[name] = Path(env[f"SM_CHANNEL_{name.upper()}"])
+        elif (OPT_ML / "input/data" / name).exists():
+            found[name] = OPT_ML / "input/data" / name
+    return found
+
+
+def _hosts(cli: dict[str, Any], env: dict[str, str], resource: dict) -> tuple[list[str], str]:
+    """All hosts (sorted) and this one: --hosts/--current-host, SM_HOSTS/SM_CURRENT_HOST, resourceconfig.json."""
+    hosts_raw = cli.pop("hosts", None) or env.get("SM_HOSTS")
+    hosts = _parse_hosts(hosts_raw) if hosts_raw else sorted(resource.get("hosts") or [])
+    current = cli.pop("current_host", None) or env.get("SM_CURRENT_HOST") or resource.get("current_host")
+    if not hosts:
+        hosts = [current or "localhost"]
+    current = current or hosts[0]
+    if current not in hosts:
+        raise UserError(f"Current host {current!r} is not among the hosts {hosts}; pass --current-host one of them.")
+    return hosts, current
+
+
+def _hyperparameters(declared: dict[str, Hyperparameter], channels: Sequence[str], cli: dict[str, Any],
+                     env: dict[str, str], extra: Callable[[str, Any], Any] | None) -> dict[str, Any]:
+    """Defaults < SM_HPS < CLI, each value coerced; SageMaker's own `sagemaker_*` keys are not ours."""
+    raw: dict[str, Any] = {}
+    try:
+        raw.update(json.loads(env.get("SM_HPS") or "{}"))
+    except ValueError:
+        raise UserError("SM_HPS is not valid JSON; pass hyperparameters as a JSON object.") from None
+    raw.update(cli)
+    values = {name: spec.default for name, spec in declared.items()}
+    for name, value in raw.items():
+        if name.startswith("sagemaker_"):
+            continue
+        if name in declared:
+            values[name] = coerce(name, value, declared[name])
+        elif extra is not None:
+            values[name] = extra(name, value)
+        else:
+            raise UserError(unknown_hyperparameter(name, list(declared) + list(channels)))
+    return values
 
 
 def unknown_hyperparameter(name: str, known: Sequence[str]) -> str:
