@@ -639,6 +639,7 @@ class Peers:
         except Exception as exc:  # noqa: BLE001 - the others must learn of it, then it is raised here
             if self.world == 1:
                 raise
+            traceback.print_exc()  # the log keeps where it happened, whatever the reason says
             result, error, here = None, f"{type(exc).__name__}: {exc}", exc
         first = next(((rank, e) for rank, e in enumerate(self.gather(error)) if e), None)
         if first is not None:
