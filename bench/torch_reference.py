@@ -37,7 +37,7 @@ def main() -> int:
     import torch.nn.functional as F
 
     sys.path[:0] = [str(ROOT / "train_scripts" / "pytorch"), str(ROOT / "train_scripts" / "common")]
-    from train import build_model  # the script's MLP, layer for layer
+    from model import build_model  # the script's MLP, layer for layer
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(42)

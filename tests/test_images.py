@@ -4,9 +4,7 @@ judged on a held-out split the job never saw."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import tarfile
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from sklearn.model_selection import train_test_split
 
 from local_mode import Channel, JobSpec
 from local_mode import run as run_job
+from tests.scripts import script_module
 
 pytestmark = pytest.mark.docker
 REPO = Path(__file__).resolve().parent.parent
@@ -125,10 +124,7 @@ TORCH_HPS = {"epochs": 15, "hidden_sizes": [64], "batch_size": 64, "learning_rat
 
 def torch_test_accuracy(model_dir: Path, test) -> float:
     """Rebuild from model.pt (weights_only) + model-config.json, and check the TorchScript export agrees."""
-    spec = importlib.util.spec_from_file_location("pytorch_train", REPO / "train_scripts" / "pytorch" / "train.py")
-    module = sys.modules.setdefault(spec.name, importlib.util.module_from_spec(spec))
-    spec.loader.exec_module(module)
-    predictor, config = module.load_model(model_dir)
+    predictor, config = script_module("pytorch", "model").load_model(model_dir)
     X, y = test
     with torch.no_grad():
         logits = predictor(torch.from_numpy(X))

@@ -8,8 +8,8 @@ run here: their decisions are pure functions, tested with fake inputs in test_ha
 
 from __future__ import annotations
 
+import contextlib
 import gzip
-import importlib.util
 import json
 import os
 import re
@@ -26,21 +26,19 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from tests.scripts import script_module
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "train_scripts" / "pytorch" / "train.py"
 ACCURACY = 0.93  # digits, 25% stratified hold-out: the MLP reaches about 0.96
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("smkit_pytorch_train", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-tm = _load_script()  # the script as a module (its sm_contract import falls back to ../common)
-smc = tm.smc
+tm = script_module("pytorch", "train")
+sm = script_module("pytorch", "sm_contract")
+processes = script_module("pytorch", "processes")
+data_module = script_module("pytorch", "data")
+model_module = script_module("pytorch", "model")
+loop = script_module("pytorch", "loop")
 
 
 @pytest.fixture(autouse=True)
@@ -108,7 +106,7 @@ def digits_run(digits_dirs, tmp_path_factory):
 
 
 def accuracy_of(model_dir: Path, X: np.ndarray, y: np.ndarray) -> float:
-    predictor, config = tm.load_model(model_dir)
+    predictor, config = model_module.load_model(model_dir)
     with torch.no_grad():
         probabilities = predictor(torch.from_numpy(X.astype(np.float32)))
     predicted = np.array(config["labels"]["classes"])[probabilities.argmax(1).numpy()]
@@ -128,7 +126,7 @@ def test_digits_accuracy_outputs_and_metric_lines(digits_run, digits):
     epochs = re.findall(r"^\[epoch (\d+)\] (.*)$", log, re.M)
     assert len(epochs) >= 5
     for name in ("train:loss", "train:accuracy", "validation:loss", "validation:accuracy"):
-        values = re.findall(smc.METRIC_REGEX.format(name=re.escape(name)), log)
+        values = re.findall(sm.METRIC_REGEX.format(name=re.escape(name)), log)
         assert len(values) >= len(epochs), name
     assert re.search(r"^\[final \d+\] .*validation:accuracy=", log, re.M)
 
@@ -162,14 +160,14 @@ def test_model_reloads_without_pickle_and_exports_predict_the_same(digits_run, d
     X_train = digits[0]
     assert np.allclose(config["features"]["mean"], X_train.astype(np.float64).mean(0), atol=1e-9)
     # rebuilt by hand from the config alone
-    mlp = tm.build_model(config)
+    mlp = model_module.build_model(config)
     mlp.load_state_dict(state)
     mlp.eval()
     x = torch.from_numpy(X_val[:50])
     mean, std = torch.tensor(config["features"]["mean"]), torch.tensor(config["features"]["std"])
     with torch.no_grad():
         by_hand = torch.softmax(mlp(((x - mean) / std).float()), 1)
-        predictor, _ = tm.load_model(model_dir)
+        predictor, _ = model_module.load_model(model_dir)
         expected = predictor(x)
         scripted = torch.jit.load(str(model_dir / "model.ts"))(x)
         exported = torch.export.load(str(model_dir / "model.pt2")).module()(x)
@@ -218,7 +216,7 @@ def test_resume_refuses_other_hyperparameters(digits_run, tmp_path):
     shutil.copytree(digits_run["dir"] / "checkpoints", ckpt)
     args = [a if a != "[64]" else "[32]" for a in digits_run["args"]]
     with pytest.raises(SystemExit):
-        tm.cli(args + ["--model-dir", str(tmp_path / "model"), "--output-dir", str(tmp_path / "out"),
+        sm.run(tm.main, args + ["--model-dir", str(tmp_path / "model"), "--output-dir", str(tmp_path / "out"),
                        "--checkpoint-dir", str(ckpt)])
     reason = (tmp_path / "out" / "failure").read_text()
     assert "hidden_sizes=[64]" in reason and "hidden_sizes=[32]" in reason and "checkpoint" in reason
@@ -253,7 +251,7 @@ def test_string_labels_from_csv_train_and_parquet_validation(tmp_path, capsys):
                     "--hidden_sizes", "[16]", "--batch_size", "16", "--learning_rate", "0.01", "--num_threads", "1",
                     "--patience", "0", "--dropout", "0"], capsys)
     assert "data: 105 training rows" in out
-    predictor, config = tm.load_model(tmp_path / "model")
+    predictor, config = model_module.load_model(tmp_path / "model")
     assert config["labels"]["classes"] == ["setosa", "versicolor", "virginica"]
     assert config["features"]["names"] == names
     with torch.no_grad():
@@ -277,8 +275,8 @@ def test_regression_on_diabetes(tmp_path, capsys):
                     "--task", "regression", "--epochs", "60", "--hidden_sizes", "32", "--batch_size", "32",
                     "--learning_rate", "0.003", "--num_threads", "1", "--patience", "3"], capsys)
     for name in ("validation:rmse", "validation:mae", "validation:r2", "train:loss"):
-        assert re.search(smc.METRIC_REGEX.format(name=re.escape(name)), out), name
-    predictor, config = tm.load_model(tmp_path / "model")
+        assert re.search(sm.METRIC_REGEX.format(name=re.escape(name)), out), name
+    predictor, config = model_module.load_model(tmp_path / "model")
     assert config["target"]["mean"] == pytest.approx(y_train.mean())
     with torch.no_grad():
         predicted = predictor(torch.tensor(X_val, dtype=torch.float32)).numpy()  # in the target's units
@@ -329,7 +327,7 @@ def channel_env(tmp_path: Path, files: dict[str, bytes | str], channel: str = "t
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content if isinstance(content, bytes) else content.encode())
     argv = [f"--{channel}", str(tmp_path / channel), "--model-dir", str(tmp_path / "m"), *options]
-    return smc.load_environment(tm.HYPERPARAMETERS, tm.CHANNELS, argv, env={})
+    return sm.load_environment(tm.HYPERPARAMETERS, tm.CHANNELS, argv, env={})
 
 
 def npz_bytes(tmp_path: Path, **arrays) -> bytes:
@@ -339,8 +337,8 @@ def npz_bytes(tmp_path: Path, **arrays) -> bytes:
 
 
 def load(env, channel="train", me=None):
-    cfg = tm.SimpleNamespace(**env.hyperparameters)
-    return tm.load_channel(env, channel, me or tm.Dist(), cfg, required=channel == "train")
+    return data_module.load_channel(env, channel, me or processes.Dist(), env.hyperparameters,
+                                    required=channel == "train")
 
 
 @pytest.mark.parametrize("channel,xkey,ykey", [
@@ -400,25 +398,25 @@ def test_sharding_among_processes(tmp_path):
     files = {f"part{i}.npz": npz_bytes(tmp_path, X=np.full((i + 1, 2), i), y=np.full(i + 1, i)) for i in range(3)}
     env = channel_env(tmp_path, files)
     # 3 files, 2 processes: whole files, round robin by sorted path
-    assert sorted(set(load(env, me=tm.Dist(rank=0, world=2)).y.tolist())) == [0, 2]
-    assert load(env, me=tm.Dist(rank=1, world=2)).y.tolist() == [1, 1]
+    assert sorted(set(load(env, me=processes.Dist(rank=0, world=2)).y.tolist())) == [0, 2]
+    assert load(env, me=processes.Dist(rank=1, world=2)).y.tolist() == [1, 1]
     # 3 files, 4 processes: every process reads all files and keeps a contiguous part of the rows (6 rows)
-    parts = [load(env, me=tm.Dist(rank=r, world=4)).y.tolist() for r in range(4)]
+    parts = [load(env, me=processes.Dist(rank=r, world=4)).y.tolist() for r in range(4)]
     assert parts == [[0, 1], [1, 2], [2], [2]]
     # ShardedByS3Key: SageMaker split the files among hosts; the processes of one host split further
     env.distribution["train"] = "ShardedByS3Key"
-    assert len(load(env, me=tm.Dist(rank=3, world=4, local_rank=0, local_world=1)).y) == 6
+    assert len(load(env, me=processes.Dist(rank=3, world=4, local_rank=0, local_world=1)).y) == 6
 
 
 def test_label_encoding_mixed_and_unknown():
-    assert tm.class_labels(np.array([2.0, 0.0, 2.0]), "x") == [0, 2]
-    with pytest.raises(smc.UserError, match="task=regression"):
-        tm.class_labels(np.array([0.5, 1.0]), "x")
+    assert data_module.class_labels(np.array([2.0, 0.0, 2.0]), "x") == [0, 2]
+    with pytest.raises(sm.UserError, match="task=regression"):
+        data_module.class_labels(np.array([0.5, 1.0]), "x")
     classes = ["1", "cat"]  # text and numbers mixed: all text
-    assert tm.encode_labels(np.array([1.0, 1.0]), classes, "validation").tolist() == [0, 0]
-    assert tm.encode_labels(np.array(["cat", "1"], dtype=object), classes, "validation").tolist() == [1, 0]
-    with pytest.raises(smc.UserError, match="the label 'dog'"):
-        tm.encode_labels(np.array(["dog"], dtype=object), classes, "validation")
+    assert data_module.encode_labels(np.array([1.0, 1.0]), classes, "validation").tolist() == [0, 0]
+    assert data_module.encode_labels(np.array(["cat", "1"], dtype=object), classes, "validation").tolist() == [1, 0]
+    with pytest.raises(sm.UserError, match="the label 'dog'"):
+        data_module.encode_labels(np.array(["dog"], dtype=object), classes, "validation")
 
 
 # -----------------------------------------------------------------------------------------------
@@ -426,74 +424,74 @@ def test_label_encoding_mixed_and_unknown():
 
 
 def test_model_construction_from_config():
-    model = tm.build_model({"model": {"input_dim": 5, "hidden_sizes": [8, 4], "output_dim": 3,
+    model = model_module.build_model({"model": {"input_dim": 5, "hidden_sizes": [8, 4], "output_dim": 3,
                                       "activation": "gelu", "dropout": 0.2}})
     layers = list(model.net)
     assert [type(m).__name__ for m in layers] == ["Linear", "GELU", "Dropout", "Linear", "GELU", "Dropout", "Linear"]
     assert layers[0].in_features == 5 and layers[3].out_features == 4 and layers[-1].out_features == 3
     assert layers[2].p == 0.2
     assert model(torch.zeros(7, 5)).shape == (7, 3)
-    linear = tm.build_model({"input_dim": 5, "hidden_sizes": [], "output_dim": 1, "activation": "relu", "dropout": 0})
+    linear = model_module.build_model({"input_dim": 5, "hidden_sizes": [], "output_dim": 1, "activation": "relu", "dropout": 0})
     assert [type(m).__name__ for m in linear.net] == ["Linear"]
     assert set(linear.state_dict()) == {"net.0.weight", "net.0.bias"}
 
 
 def test_learning_rate_schedule_and_step_sizes():
-    lrs = [tm.learning_rate(s, 100, 10, 1.0, "cosine", 0.1) for s in range(100)]
+    lrs = [loop.learning_rate(s, 100, 10, 1.0, "cosine", 0.1) for s in range(100)]
     assert lrs[0] < lrs[5] < lrs[9] <= 1.0 and max(lrs) == pytest.approx(1.0, abs=1e-3)
     assert lrs[-1] == pytest.approx(0.1, abs=1e-3) and all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
-    assert tm.learning_rate(55, 100, 10, 1.0, "linear", 0.0) == pytest.approx(0.5)
-    assert tm.learning_rate(80, 100, 0, 2.0, "constant", 0.0) == 2.0
-    assert tm.chunk_sizes(10, 3) == [4, 3, 3] and sum(tm.chunk_sizes(1347, 22)) == 1347
-    assert tm.chunk_sizes(2, 5) == [1] * 5  # fewer rows than steps: rows are repeated
+    assert loop.learning_rate(55, 100, 10, 1.0, "linear", 0.0) == pytest.approx(0.5)
+    assert loop.learning_rate(80, 100, 0, 2.0, "constant", 0.0) == 2.0
+    assert loop.chunk_sizes(10, 3) == [4, 3, 3] and sum(loop.chunk_sizes(1347, 22)) == 1347
+    assert loop.chunk_sizes(2, 5) == [1] * 5  # fewer rows than steps: rows are repeated
 
 
 def test_hardware_decisions():
     """The GPU paths, decided from fake inputs (no GPU on these machines)."""
-    assert tm.visible_gpus(-1, 4) == 4 and tm.visible_gpus(2, 4) == 2 and tm.visible_gpus(8, 0) == 0
-    assert tm.choose_device("auto", 0, 0) == torch.device("cpu")
-    assert tm.choose_device("auto", 4, 5) == torch.device("cuda", 1)
-    assert tm.choose_device("cpu", 4, 0) == torch.device("cpu")
-    with pytest.raises(smc.UserError, match="device=cuda needs a GPU"):
-        tm.choose_device("cuda", 0, 0)
-    assert tm.processes_per_host(0, "cuda", 8) == 8 and tm.processes_per_host(0, "cpu", 0) == 1
-    assert tm.processes_per_host(2, "cpu", 0) == 2
-    with pytest.raises(smc.UserError, match="processes_per_host=4"):
-        tm.processes_per_host(4, "cuda", 2)
-    assert tm.choose_backend("cuda") == "nccl" and tm.choose_backend("cpu") == "gloo"
-    assert tm.choose_precision("auto", "cuda", True) == tm.Precision(torch.bfloat16, False)
-    assert tm.choose_precision("auto", "cuda", False) == tm.Precision(torch.float16, True)
-    assert tm.choose_precision("fp16", "cuda", True) == tm.Precision(torch.float16, True)
-    assert tm.choose_precision("bf16", "cuda", False).dtype == torch.float16
-    assert tm.choose_precision("no", "cuda", True).dtype is None
-    assert tm.choose_precision("auto", "cpu", False) == tm.Precision(None, False, "")
-    assert "ignored on CPU" in tm.choose_precision("bf16", "cpu", True).note
-    assert isinstance(tm.autocast(tm.Precision(None, False), torch.device("cpu")), type(tm.contextlib.nullcontext()))
+    assert processes.visible_gpus(-1, 4) == 4 and processes.visible_gpus(2, 4) == 2 and processes.visible_gpus(8, 0) == 0
+    assert processes.choose_device("auto", 0, 0) == torch.device("cpu")
+    assert processes.choose_device("auto", 4, 5) == torch.device("cuda", 1)
+    assert processes.choose_device("cpu", 4, 0) == torch.device("cpu")
+    with pytest.raises(sm.UserError, match="device=cuda needs a GPU"):
+        processes.choose_device("cuda", 0, 0)
+    assert processes.processes_per_host(0, "cuda", 8) == 8 and processes.processes_per_host(0, "cpu", 0) == 1
+    assert processes.processes_per_host(2, "cpu", 0) == 2
+    with pytest.raises(sm.UserError, match="processes_per_host=4"):
+        processes.processes_per_host(4, "cuda", 2)
+    assert processes.choose_backend("cuda") == "nccl" and processes.choose_backend("cpu") == "gloo"
+    assert processes.choose_precision("auto", "cuda", True) == processes.Precision(torch.bfloat16, False)
+    assert processes.choose_precision("auto", "cuda", False) == processes.Precision(torch.float16, True)
+    assert processes.choose_precision("fp16", "cuda", True) == processes.Precision(torch.float16, True)
+    assert processes.choose_precision("bf16", "cuda", False).dtype == torch.float16
+    assert processes.choose_precision("no", "cuda", True).dtype is None
+    assert processes.choose_precision("auto", "cpu", False) == processes.Precision(None, False, "")
+    assert "ignored on CPU" in processes.choose_precision("bf16", "cpu", True).note
+    assert isinstance(processes.autocast(processes.Precision(None, False), torch.device("cpu")), type(contextlib.nullcontext()))
 
 
 def test_torchrun_detection_and_launch_command():
-    assert tm.torchrun_ranks({}) is None
+    assert processes.torchrun_ranks({}) is None
     torchrun = {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "4"}
-    assert tm.torchrun_ranks(torchrun) == (3, 8, 1, 4)
+    assert processes.torchrun_ranks(torchrun) == (3, 8, 1, 4)
     hosts = ["algo-2", "algo-1"]  # SageMaker's list; the master is the first sorted
-    command = tm.launch_command(sorted(hosts), "algo-2", 1, "/opt/ml/code/train.py", ["--epochs", "3"], {})
+    command = processes.launch_command(sorted(hosts), "algo-2", 1, "/opt/ml/code/train.py", ["--epochs", "3"], {})
     assert command[1:] == ["-m", "torch.distributed.run", "--nproc_per_node", "1", "--nnodes", "2", "--node_rank", "1",
                            "--master_addr", "algo-1", "--master_port", "7777", "/opt/ml/code/train.py", "--epochs", "3"]
     address = {"MASTER_ADDR": "10.0.0.5", "MASTER_PORT": "29999"}  # an address of the first sorted host
-    command = tm.launch_command(["algo-1", "algo-2"], "algo-1", 1, "t.py", [], address)
+    command = processes.launch_command(["algo-1", "algo-2"], "algo-1", 1, "t.py", [], address)
     assert command[command.index("--node_rank") + 1] == "0" and command[-4:-1] == ["10.0.0.5", "--master_port", "29999"]
     # The toolkit's MASTER_ADDR is the first host of resourceconfig.json, sorted or not (SDK v2 local
     # mode: algo-10-x sorts before algo-2-y): that host must be node rank 0, or the nodes wait forever.
     toolkit = {"MASTER_ADDR": "algo-2", "MASTER_PORT": "7777"}
-    assert tm.node_order(["algo-1", "algo-2", "algo-3"], toolkit) == ["algo-2", "algo-1", "algo-3"]
+    assert processes.node_order(["algo-1", "algo-2", "algo-3"], toolkit) == ["algo-2", "algo-1", "algo-3"]
     for host, rank in (("algo-2", "0"), ("algo-1", "1")):
-        command = tm.launch_command(["algo-1", "algo-2"], host, 1, "t.py", [], toolkit)
+        command = processes.launch_command(["algo-1", "algo-2"], host, 1, "t.py", [], toolkit)
         assert command[command.index("--node_rank") + 1] == rank and "algo-2" in command
-    one_host = tm.launch_command(["algo-1"], "algo-1", 4, "t.py", [], {})
+    one_host = processes.launch_command(["algo-1"], "algo-1", 4, "t.py", [], {})
     assert "--standalone" in one_host and one_host[one_host.index("--nproc_per_node") + 1] == "4"
-    assert tm.launch_command(["algo-1"], "algo-1", 1, "t.py", [], {}) is None  # one process: no torchrun
+    assert processes.launch_command(["algo-1"], "algo-1", 1, "t.py", [], {}) is None  # one process: no torchrun
     under_torchrun = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}
-    assert tm.launch_command(["algo-1", "algo-2"], "algo-1", 1, "t.py", [], under_torchrun) is None
+    assert processes.launch_command(["algo-1", "algo-2"], "algo-1", 1, "t.py", [], under_torchrun) is None
 
 
 # -----------------------------------------------------------------------------------------------
@@ -558,11 +556,11 @@ def test_bad_input_fails_with_one_sentence_and_no_model(case, tmp_path, digits):
     args += extra + ["--model-dir", str(tmp_path / "model"), "--output-dir", str(tmp_path / "output"),
                      "--epochs", "1", "--num_threads", "1", "--checkpoint_every", "0"]
     with pytest.raises(SystemExit) as exit_info:
-        tm.cli(args)
+        sm.run(tm.main, args)
     assert exit_info.value.code == 1
     reason = (tmp_path / "output" / "failure").read_text()
     assert expected in reason, reason
-    assert reason.count("\n") == 1 and "Traceback" not in reason and len(reason) <= smc.FAILURE_LIMIT + 1
+    assert reason.count("\n") == 1 and "Traceback" not in reason and len(reason) <= sm.FAILURE_LIMIT + 1
     assert not (tmp_path / "model").exists() or not any((tmp_path / "model").iterdir())
 
 

@@ -45,6 +45,7 @@ SCRIPTS = {
     "pytorch": ROOT / "train_scripts" / "pytorch" / "train.py",
 }
 SM_CONTRACT = ROOT / "train_scripts" / "common" / "sm_contract.py"
+SCRIPT_MODULES = sorted(p for script in SCRIPTS.values() for p in script.parent.glob("*.py"))  # train.py and its modules
 DOC = ROOT / "docs" / "reliability.md"
 FAILURE_LIMIT = 1024  # SageMaker shows the first 1024 characters of output/failure as FailureReason
 
@@ -748,7 +749,7 @@ def dotted(node: ast.AST) -> str:
 def test_scripts_never_unpickle_in_their_source():
     """No pickle-family import, np.load never with allow_pickle=True, torch.load always weights_only=True."""
     seen = {"np.load": 0, "torch.load": 0}
-    for path in (*SCRIPTS.values(), SM_CONTRACT):
+    for path in (*SCRIPT_MODULES, SM_CONTRACT):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
@@ -823,16 +824,13 @@ def test_a_pickled_checkpoint_is_never_executed(framework, tmp_path):
 
 
 def test_the_documented_model_loader_refuses_a_pickled_model(tmp_path, monkeypatch):
-    """train.load_model (what docs/pytorch.md tells users to call) reads model.pt with weights_only=True:
+    """model.load_model (what docs/pytorch.md tells users to call) reads model.pt with weights_only=True:
     a model.pt that would run code is refused, and nothing runs."""
-    import importlib.util
-
     import torch
 
-    spec = importlib.util.spec_from_file_location("smkit_reliability_pytorch_train", SCRIPTS["pytorch"])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    from tests.scripts import script_module
+
+    module = script_module("pytorch", "model")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "model").mkdir()
     config = {"model": {"input_dim": 4, "hidden_sizes": [8], "output_dim": 3, "activation": "relu", "dropout": 0.0}}

@@ -10,7 +10,6 @@ OpenMP with 2 threads is many times slower than 1.
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import os
 import re
@@ -29,20 +28,20 @@ import xgboost as xgb
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
 from sklearn.metrics import roc_auc_score
 
+from tests.scripts import script_module
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "train_scripts" / "xgboost" / "train.py"
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("smkit_xgboost_train", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-train = _load_script()
-sm = train.sm
+train = script_module("xgboost", "train")
+sm = script_module("xgboost", "sm_contract")
+params_module = script_module("xgboost", "params")
+data_utils = script_module("xgboost", "data_utils")
+dmatrix = script_module("xgboost", "dmatrix")
+labels = script_module("xgboost", "labels")
+memory = script_module("xgboost", "memory")
+hosts_module = script_module("xgboost", "hosts")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -97,9 +96,8 @@ def run_in_process(tmp: Path, *args: str, monkeypatch, env: dict | None = None) 
     for name, value in (env or {}).items():
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(sys, "argv", [str(SCRIPT), *job_args(tmp, *args)])
-    monkeypatch.setattr(train, "ENV", None)
     try:
-        sm.run(train.main, train.failure_dir)
+        sm.run(train.main)
     except SystemExit as exc:
         return int(exc.code or 0)
     return 0
@@ -118,17 +116,18 @@ def load(tmp: Path, *args: str):
     env = sm.load_environment(train.HYPERPARAMETERS, train.CHANNELS, argv=job_args(tmp, *args),
                               extra_hyperparameters=train.xgboost_parameter, env={})
     hp = train.script_options(env)
-    params = train.xgboost_params(env)
-    cluster = train.Cluster(env, 9099, 10)  # not entered: one host, or this host's view of several
-    sources = cluster.agree(train.plan_sources, env, hp, cluster)
-    layout = cluster.agree(train.agree_layout, sources, hp, cluster)
-    data = cluster.agree(train.load_data, sources, layout, hp, cluster)
+    params = params_module.xgboost_params(env)
+    cluster = hosts_module.Cluster(env, 9099, 10)  # not entered: one host, or this host's view of several
+    sources = cluster.agree(data_utils.plan_sources, env, hp, cluster)
+    layout = cluster.agree(data_utils.agree_layout, sources, hp, cluster)
+    cluster.agree(memory.plan, hp, sources, layout, cluster)
+    data = cluster.agree(dmatrix.load_data, sources, layout, hp, cluster)
     return data, params, hp
 
 
 def matrix(data, channel: str = "train"):
     batches = data.memory[channel]
-    X = train.Batch.concat(batches).X
+    X = dmatrix.Batch.concat(batches).X
     return X.toarray() if hasattr(X, "toarray") else X, np.concatenate([b.y for b in batches])
 
 
@@ -190,7 +189,7 @@ def test_string_labels_become_sorted_classes(tmp_path):
     data, params, hp = load(tmp_path, "--train", str(tmp_path / "train"))
     assert data.coding.classes == ["bird", "cat", "dog"]
     np.testing.assert_array_equal(matrix(data)[1], [2, 1, 0, 1])
-    train.objective_from_labels(params, data)
+    labels.objective_from_labels(params, data)
     assert params["objective"] == "multi:softprob" and params["num_class"] == 3
 
 
@@ -234,7 +233,7 @@ def test_libsvm_sparse_files_of_different_widths_compressed_weights_and_qid(tmp_
     X, y = matrix(data)
     assert X.shape == (3, 6)
     np.testing.assert_array_equal(y, [1, 0, 1])
-    np.testing.assert_array_equal(train.Batch.concat(data.memory["train"]).w, [1, 1, 0.5])  # no weight: 1
+    np.testing.assert_array_equal(dmatrix.Batch.concat(data.memory["train"]).w, [1, 1, 0.5])  # no weight: 1
     assert X[0, 0] == 1.5 and X[0, 3] == 2 and X[1, 1] == -1 and X[2, 5] == 7
 
 
@@ -253,7 +252,7 @@ def test_format_from_content_type_then_extension_then_content(tmp_path, content_
     env = sm.load_environment(train.HYPERPARAMETERS, train.CHANNELS, argv=job_args(tmp_path, "--train", str(tmp_path / "train")),
                               extra_hyperparameters=train.xgboost_parameter, env={"SM_INPUT_CONFIG_DIR": str(config)})
     hp = train.script_options(env)
-    sources = train.plan_sources(env, hp, train.Cluster(env, 9099, 10))
+    sources = data_utils.plan_sources(env, hp, hosts_module.Cluster(env, 9099, 10))
     assert sources["train"].format == expected
     if name.endswith(".tsv"):
         assert sources["train"].delimiter == "\t"
@@ -264,14 +263,14 @@ def test_parquet_sniffed_and_unsupported_or_mixed_formats_rejected(tmp_path):
     pq.write_table(pa.table({"y": [0.0, 1.0], "x": [1.0, 2.0]}), tmp_path / "train" / "blob")
     data, _, _ = load(tmp_path, "--train", str(tmp_path / "train"))
     assert data.sources["train"].format == "parquet"
-    source = train.Source("train", tmp_path / "train")
+    source = data_utils.Source("train", tmp_path / "train")
     with pytest.raises(sm.UserError, match="recordio-protobuf.*CSV"):
-        train.channel_format(source, [], "application/x-recordio-protobuf", "auto")
+        data_utils.channel_format(source, [], "application/x-recordio-protobuf", "auto")
     with pytest.raises(sm.UserError, match="Parquet but channel 'train' is read as csv"):
-        train.channel_format(source, [tmp_path / "train" / "blob"], "text/csv", "auto")
+        data_utils.channel_format(source, [tmp_path / "train" / "blob"], "text/csv", "auto")
     write_csv(tmp_path / "train" / "b.csv", [[1, 2]])
     with pytest.raises(sm.UserError, match="mixes formats"):
-        train.channel_format(source, sorted((tmp_path / "train").iterdir()), "", "auto")
+        data_utils.channel_format(source, sorted((tmp_path / "train").iterdir()), "", "auto")
 
 
 def test_hosts_split_rows_when_files_are_fewer_than_hosts(tmp_path):
@@ -294,7 +293,7 @@ def test_hyperparameters_from_cli_and_sm_hps_in_every_form(tmp_path):
                               argv=["--model-dir", str(tmp_path), "--learning_rate", "0.2", "--subsample", "1",
                                     "--validate_parameters", "True"],
                               extra_hyperparameters=train.xgboost_parameter, env={"SM_HPS": json.dumps(hps), "SM_NUM_CPUS": "3"})
-    params = train.xgboost_params(env)
+    params = params_module.xgboost_params(env)
     assert env.hyperparameters["num_round"] == 7
     assert params["eval_metric"] == ["auc", "logloss"] and params["objective"] == "binary:logistic"
     assert params["max_depth"] == 4 and params["subsample"] == 1.0 and params["seed_per_iteration"] is False
@@ -303,7 +302,7 @@ def test_hyperparameters_from_cli_and_sm_hps_in_every_form(tmp_path):
     env = sm.load_environment(train.HYPERPARAMETERS, train.CHANNELS, argv=job_args(tmp_path, "--learning_rate", "0.2"),
                               extra_hyperparameters=train.xgboost_parameter, env={"SM_HPS": '{"eta": "0.3"}'})
     with pytest.raises(sm.UserError, match="eta and learning_rate are the same XGBoost parameter"):
-        train.xgboost_params(env)
+        params_module.xgboost_params(env)
     for value, expected in (("[auc, logloss]", ["auc", "logloss"]), ("auc,logloss", ["auc", "logloss"]),
                             ('["auc"]', ["auc"]), ("error@0.7", ["error@0.7"])):
         assert train.xgboost_parameter("eval_metric", value) == expected
@@ -313,7 +312,7 @@ def test_tuning_objective_metric_joins_eval_metric_last(tmp_path):
     env = sm.load_environment(train.HYPERPARAMETERS, train.CHANNELS, argv=job_args(
         tmp_path, "--eval_metric", "auc,logloss", "--_tuning_objective_metric", "validation:auc"),
         extra_hyperparameters=train.xgboost_parameter, env={})
-    assert train.xgboost_params(env)["eval_metric"] == ["logloss", "auc"]
+    assert params_module.xgboost_params(env)["eval_metric"] == ["logloss", "auc"]
 
 
 @pytest.mark.parametrize("name, value, message", [
@@ -361,36 +360,36 @@ def test_word_valued_options_are_case_insensitive_and_checked(tmp_path):
 ])
 def test_invalid_values_are_named_by_xgboost_on_tiny_data(params, culprit):
     with pytest.raises(sm.UserError, match=re.escape(f"Hyperparameter {culprit} is rejected by XGBoost")) as info:
-        train.check_parameters_with_xgboost({"nthread": 1, **params})
+        params_module.check_parameters_with_xgboost({"nthread": 1, **params})
     assert "Stack trace" not in str(info.value) and "[bt]" not in str(info.value)
 
 
 def test_valid_parameters_pass_the_check():
-    train.check_parameters_with_xgboost({"objective": "multi:softprob", "eval_metric": ["mlogloss", "merror"],
+    params_module.check_parameters_with_xgboost({"objective": "multi:softprob", "eval_metric": ["mlogloss", "merror"],
                                          "max_depth": 3, "eta": 0.1, "nthread": 1, "monotone_constraints": "(1,0)"})
-    train.check_parameters_with_xgboost({"objective": "rank:ndcg", "eval_metric": ["ndcg@3"], "nthread": 1})
+    params_module.check_parameters_with_xgboost({"objective": "rank:ndcg", "eval_metric": ["ndcg@3"], "nthread": 1})
     # No objective yet (text labels pick one later): class metrics are fine...
-    train.check_parameters_with_xgboost({"eval_metric": ["mlogloss", "merror"], "nthread": 1})
+    params_module.check_parameters_with_xgboost({"eval_metric": ["mlogloss", "merror"], "nthread": 1})
     # ... but not with an explicit regression objective.
     with pytest.raises(sm.UserError, match="rejected by XGBoost"):
-        train.check_parameters_with_xgboost({"objective": "reg:squarederror", "eval_metric": ["mlogloss"], "nthread": 1})
+        params_module.check_parameters_with_xgboost({"objective": "reg:squarederror", "eval_metric": ["mlogloss"], "nthread": 1})
 
 
 def test_gpu_device_decision_with_fake_gpu_counts():
     # No GPU on these machines: the decision is a function of the count SageMaker reports (SM_NUM_GPUS).
-    assert train.choose_device(num_gpus=4, requested=None, cuda_built=True) == "cuda"
-    assert train.choose_device(num_gpus=1, requested=None, cuda_built=True) == "cuda"
-    assert train.choose_device(num_gpus=0, requested=None, cuda_built=True) == "cpu"
-    assert train.choose_device(num_gpus=-1, requested=None, cuda_built=True) == "cpu"  # unknown: outside SageMaker
-    assert train.choose_device(num_gpus=2, requested=None, cuda_built=False) == "cpu"
-    assert train.choose_device(num_gpus=0, requested="cuda:1", cuda_built=True) == "cuda:1"
+    assert params_module.choose_device(num_gpus=4, requested=None, cuda_built=True) == "cuda"
+    assert params_module.choose_device(num_gpus=1, requested=None, cuda_built=True) == "cuda"
+    assert params_module.choose_device(num_gpus=0, requested=None, cuda_built=True) == "cpu"
+    assert params_module.choose_device(num_gpus=-1, requested=None, cuda_built=True) == "cpu"  # unknown: outside SageMaker
+    assert params_module.choose_device(num_gpus=2, requested=None, cuda_built=False) == "cpu"
+    assert params_module.choose_device(num_gpus=0, requested="cuda:1", cuda_built=True) == "cuda:1"
 
 
 def test_num_gpus_from_the_environment_picks_cuda(tmp_path):
     env = sm.load_environment(train.HYPERPARAMETERS, train.CHANNELS, argv=job_args(tmp_path),
                               extra_hyperparameters=train.xgboost_parameter, env={"SM_NUM_GPUS": "1"})
     expected = "cuda" if xgb.build_info().get("USE_CUDA") else "cpu"
-    assert train.xgboost_params(env)["device"] == expected
+    assert params_module.xgboost_params(env)["device"] == expected
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -705,3 +704,68 @@ def test_two_hosts_fail_together_with_the_bad_hosts_reason(tmp_path):
     for host in hosts:
         assert failure(tmp_path / host) == "Host 127.0.0.2: Data row 2 of train/b.csv has no label (column 0); every " \
                                            "row needs a finite number there, so fill in or fix the value, or drop the row.\n"
+
+
+def test_workers_wait_for_the_tracker_port_then_join(tmp_path):
+    """A worker that starts before the first host's tracker listens polls the port and goes on as soon
+    as it accepts (instead of XGBoost's connect back-off); a tracker that never comes fails with one
+    sentence naming the address and tracker_timeout."""
+    import threading
+
+    port = free_port()
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    opened = threading.Event()
+
+    def open_later():
+        time.sleep(0.5)
+        listener.bind(("127.0.0.1", port))
+        listener.listen()
+        opened.set()
+
+    thread = threading.Thread(target=open_later)
+    thread.start()
+    try:
+        hosts_module.wait_for_tracker("127.0.0.1", port, timeout=30)
+        assert opened.is_set()  # it returned because the port opened, not before
+    finally:
+        thread.join()
+        listener.close()
+    closed = free_port()
+    with pytest.raises(sm.UserError, match=re.escape(f"XGBoost's tracker on the first host (127.0.0.1:{closed}) did not "
+                                                     "accept connections within tracker_timeout=1s")):
+        hosts_module.wait_for_tracker("127.0.0.1", closed, timeout=1)
+
+
+def test_memory_limit_from_cgroup_v2_and_v1_else_the_machine(tmp_path):
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    v2, v1 = tmp_path / "memory.max", tmp_path / "memory.limit_in_bytes"
+    v2.write_text("max\n")
+    v1.write_text(f"{2**63 - 4096}\n")  # cgroup v1 without a limit
+    assert memory.memory_limit((str(v2), str(v1))) == physical
+    v2.write_text("536870912\n")  # docker run --memory 512m, cgroup v2
+    assert memory.memory_limit((str(v2), str(v1))) == 512 * 2**20
+    v1.write_text("402653184\n")  # cgroup v1
+    assert memory.memory_limit((str(tmp_path / "absent"), str(v1))) == 384 * 2**20
+
+
+def test_data_larger_than_the_memory_limit_goes_to_external_memory_by_itself(tmp_path):
+    write_csv(tmp_path / "train" / "t.csv", [[i % 2, float(i), float(i % 7)] for i in range(3000)])
+
+    def planned(limit, *args):
+        env = sm.load_environment(train.HYPERPARAMETERS, train.CHANNELS, argv=job_args(tmp_path, "--train",
+                                  str(tmp_path / "train"), *args), extra_hyperparameters=train.xgboost_parameter, env={})
+        hp = train.script_options(env)
+        cluster = hosts_module.Cluster(env, 9099, 10)
+        sources = data_utils.plan_sources(env, hp, cluster)
+        layout = data_utils.agree_layout(sources, hp, cluster)
+        memory.plan(hp, sources, layout, cluster, limit=limit)
+        return hp["external_memory"], hp["batch_mb"]
+
+    roomy = memory.resident_bytes() + 2**30
+    assert planned(roomy) == (False, 64.0)
+    tight = memory.resident_bytes() + 100_000  # less than 2.5x the data's ~90 KB as float32
+    external, batch_mb = planned(tight)
+    assert external is True and batch_mb == memory.MIN_BATCH_MB
+    assert planned(tight, "--external_memory", "false", "--batch_mb", "8") == (False, 8.0)  # the hyperparameters win
+    assert planned(roomy, "--external_memory", "True")[0] is True

@@ -290,17 +290,8 @@ def load_environment(
         return None
 
     config_dir = Path(env.get("SM_INPUT_CONFIG_DIR") or OPT_ML / "input/config")
-    # Channels: --train DIR, SM_CHANNEL_TRAIN, or /opt/ml/input/data/train.
     input_config = _read_json(config_dir / "inputdataconfig.json")
-    channel_dirs: dict[str, Path] = {}
-    for name in set(channels) | set(input_config):
-        key = name.replace("-", "_")
-        if key in cli:
-            channel_dirs[name] = Path(cli.pop(key))
-        elif env.get(f"SM_CHANNEL_{name.upper()}"):
-            channel_dirs[name] = Path(env[f"SM_CHANNEL_{name.upper()}"])
-        elif (OPT_ML / "input/data" / name).exists():
-            channel_dirs[name] = OPT_ML / "input/data" / name
+    channel_dirs = _channel_dirs(set(channels) | set(input_config), cli, env)
     content_types = {n: c.get("ContentType", "") for n, c in input_config.items() if isinstance(c, dict)}
     distribution = {n: c.get("S3DistributionType", "FullyReplicated") for n, c in input_config.items() if isinstance(c, dict)}
 
@@ -318,36 +309,13 @@ def load_environment(
         elif (OPT_ML / "checkpoints").is_dir():
             checkpoint_dir = OPT_ML / "checkpoints"
 
-    resource = _read_json(config_dir / "resourceconfig.json")
-    hosts_raw = cli.pop("hosts", None) or env.get("SM_HOSTS")
-    hosts = _parse_hosts(hosts_raw) if hosts_raw else sorted(resource.get("hosts") or [])
-    current = cli.pop("current_host", None) or env.get("SM_CURRENT_HOST") or resource.get("current_host")
-    if not hosts:
-        hosts = [current or "localhost"]
-    current = current or hosts[0]
-    if current not in hosts:
-        raise UserError(f"Current host {current!r} is not among the hosts {hosts}; pass --current-host one of them.")
+    hosts, current = _hosts(cli, env, _read_json(config_dir / "resourceconfig.json"))
     num_cpus = int(parse_number(cli.pop("num_cpus", None) or env.get("SM_NUM_CPUS") or os.cpu_count() or 1, int))
     gpus_raw = cli.pop("num_gpus", None) or env.get("SM_NUM_GPUS")
     num_gpus = int(parse_number(gpus_raw, int)) if gpus_raw is not None else -1  # -1: detect
 
-    # Hyperparameters: defaults < SM_HPS < CLI; SageMaker's own `sagemaker_*` keys are not ours.
-    raw: dict[str, Any] = {}
-    try:
-        raw.update(json.loads(env.get("SM_HPS") or "{}"))
-    except ValueError:
-        raise UserError("SM_HPS is not valid JSON; pass hyperparameters as a JSON object.") from None
-    raw.update(cli)
-    values = {name: spec.default for name, spec in declared.items()}
-    for name, value in raw.items():
-        if name.startswith("sagemaker_"):
-            continue
-        if name in declared:
-            values[name] = coerce(name, value, declared[name])
-        elif extra_hyperparameters is not None:
-            values[name] = extra_hyperparameters(name, value)
-        else:
-            raise UserError(unknown_hyperparameter(name, list(declared) + list(channels)))
+    values = _hyperparameters(declared, channels, cli, env, extra_hyperparameters)
+    _FAILURE.output_dir = output_dir
     return TrainingEnv(
         channels=channel_dirs,
         content_types=content_types,
@@ -363,6 +331,55 @@ def load_environment(
         hyperparameters=values,
         in_container=in_container,
     )
+
+
+def _channel_dirs(names: set[str], cli: dict[str, Any], env: dict[str, str]) -> dict[str, Path]:
+    """Each channel's directory: --train DIR, SM_CHANNEL_TRAIN, or /opt/ml/input/data/train."""
+    found: dict[str, Path] = {}
+    for name in names:
+        key = name.replace("-", "_")
+        if key in cli:
+            found[name] = Path(cli.pop(key))
+        elif env.get(f"SM_CHANNEL_{name.upper()}"):
+            found[name] = Path(env[f"SM_CHANNEL_{name.upper()}"])
+        elif (OPT_ML / "input/data" / name).exists():
+            found[name] = OPT_ML / "input/data" / name
+    return found
+
+
+def _hosts(cli: dict[str, Any], env: dict[str, str], resource: dict) -> tuple[list[str], str]:
+    """All hosts (sorted) and this one: --hosts/--current-host, SM_HOSTS/SM_CURRENT_HOST, resourceconfig.json."""
+    hosts_raw = cli.pop("hosts", None) or env.get("SM_HOSTS")
+    hosts = _parse_hosts(hosts_raw) if hosts_raw else sorted(resource.get("hosts") or [])
+    current = cli.pop("current_host", None) or env.get("SM_CURRENT_HOST") or resource.get("current_host")
+    if not hosts:
+        hosts = [current or "localhost"]
+    current = current or hosts[0]
+    if current not in hosts:
+        raise UserError(f"Current host {current!r} is not among the hosts {hosts}; pass --current-host one of them.")
+    return hosts, current
+
+
+def _hyperparameters(declared: dict[str, Hyperparameter], channels: Sequence[str], cli: dict[str, Any],
+                     env: dict[str, str], extra: Callable[[str, Any], Any] | None) -> dict[str, Any]:
+    """Defaults < SM_HPS < CLI, each value coerced; SageMaker's own `sagemaker_*` keys are not ours."""
+    raw: dict[str, Any] = {}
+    try:
+        raw.update(json.loads(env.get("SM_HPS") or "{}"))
+    except ValueError:
+        raise UserError("SM_HPS is not valid JSON; pass hyperparameters as a JSON object.") from None
+    raw.update(cli)
+    values = {name: spec.default for name, spec in declared.items()}
+    for name, value in raw.items():
+        if name.startswith("sagemaker_"):
+            continue
+        if name in declared:
+            values[name] = coerce(name, value, declared[name])
+        elif extra is not None:
+            values[name] = extra(name, value)
+        else:
+            raise UserError(unknown_hyperparameter(name, list(declared) + list(channels)))
+    return values
 
 
 def unknown_hyperparameter(name: str, known: Sequence[str]) -> str:
@@ -449,6 +466,34 @@ def first_long_line(handle: Any, limit: int, chunk: int = 1 << 20) -> tuple[int,
         length += len(data) - start
 
 
+def is_number(text: str) -> bool:
+    """Whether a CSV field is a number as float() reads it (also nan, inf, 1e-3)."""
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def csv_has_header(rows: Sequence[Sequence[str]], named_columns: Sequence[str] = ()) -> bool:
+    """The one header rule of every script (csv_header=auto), from the first rows of a CSV file.
+
+    The first row is a header when it contains one of `named_columns` (a label or weight column the
+    user named), or when its fields are distinct, non-empty and not numbers, and either no row follows
+    or a following row holds a number. So `y,x1,x2` above numbers is a header; `1,2,3`, `a,,b`, `a,a,b`
+    are data; a text-only file (`red,blue` above `green,red`) is data too.
+    """
+    if not rows:
+        return False
+    first = [field.strip() for field in rows[0]]
+    if any(name in first for name in named_columns if name):
+        return True
+    if any(not f or is_number(f) for f in first) or len(set(first)) != len(first):
+        return False
+    below = rows[1:]
+    return not below or any(is_number(row[i].strip()) for row in below for i in range(min(len(row), len(first))))
+
+
 # -----------------------------------------------------------------------------------------------
 # Metrics in the log
 
@@ -456,6 +501,13 @@ def first_long_line(handle: Any, limit: int, chunk: int = 1 << 20) -> tuple[int,
 # (e.g. `[round 12] train:rmse=0.3512 validation:rmse=0.4012`). A SageMaker metric definition for a
 # name is METRIC_REGEX.format(name=re.escape(name)); local_mode parses the same lines.
 METRIC_REGEX = r"{name}=([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
+
+
+def log(message: str, everywhere: bool = False) -> None:
+    """A line in the job log, printed once per host: of several processes that torchrun started on a
+    host (env RANK), only rank 0 prints, unless `everywhere`."""
+    if everywhere or int(os.environ.get("RANK", "0") or 0) == 0:
+        print(message, flush=True)
 
 
 def log_metrics(kind: str, step: int | str, metrics: dict[str, float]) -> None:
@@ -494,33 +546,105 @@ def write_failure(message: str, output_dir: Path | None = None) -> None:
         pass
 
 
-def run(main: Callable[[], Any], output_dir: Callable[[], Path | None] = lambda: None) -> None:
-    """Run `main`; turn a UserError into the failure file and exit 1, and any other exception too,
-    with its type and message as the reason (the traceback goes to the log, not to the reason)."""
+class _FailureState:
+    """Where the failure file goes (known once load_environment has run) and how to exit."""
+
+    output_dir: Path | None = None
+    hard_exit = False
+
+
+_FAILURE = _FailureState()
+
+
+def exit_hard_after_failure() -> None:
+    """Leave the process with os._exit once the failure is written (run does it): a host that failed alone
+    in a multi-host job must not run a collective library's teardown, which waits for the other hosts."""
+    _FAILURE.hard_exit = True
+
+
+def output_dir_from_argv(argv: Sequence[str]) -> Path | None:
+    """--output-dir of a command line: where output/failure goes when the environment itself fails to load."""
+    for i, token in enumerate(argv):
+        if token.startswith(("--output-dir", "--output_dir")):
+            value = token.split("=", 1)[1] if "=" in token else (argv[i + 1] if i + 1 < len(argv) else "")
+            return Path(value) if value else None
+    return None
+
+
+def run(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None) -> None:
+    """`main(argv)`, with every failure as one sentence in output/failure and exit code 1: a UserError's
+    message, or any other exception's type and message (the traceback goes to the log, not the reason)."""
+    _FAILURE.output_dir, _FAILURE.hard_exit = None, False
+    command_line = list(sys.argv[1:] if argv is None else argv)
     try:
-        main()
+        main(argv)
+        return
     except UserError as exc:
-        write_failure(str(exc), output_dir())
-        raise SystemExit(1) from None
+        reason, code = str(exc), 1
     except KeyboardInterrupt:
-        write_failure("Training was interrupted (SIGINT) before it finished; no model was written.", output_dir())
-        raise SystemExit(130) from None
+        reason, code = "Training was interrupted (SIGINT) before it finished; no model was written.", 130
     except MemoryError:
-        write_failure(
-            "Training ran out of memory; use an instance type with more memory, fewer rows per host, "
-            "or the external-memory option where the script offers one.",
-            output_dir(),
-        )
-        raise SystemExit(1) from None
+        reason, code = ("Training ran out of memory; use an instance type with more memory, fewer rows per host, "
+                        "or the external-memory option where the script offers one."), 1
+    except SystemExit as exc:
+        if not _FAILURE.hard_exit:
+            raise
+        reason, code = "", exc.code if isinstance(exc.code, int) else 1
     except Exception as exc:  # noqa: BLE001 - every failure must reach output/failure
         traceback.print_exc()
         where = traceback.extract_tb(exc.__traceback__)[-1]
-        write_failure(
-            f"Unexpected {type(exc).__name__} at {Path(where.filename).name}:{where.lineno}: {exc}; "
-            "see the job log for the traceback.",
-            output_dir(),
-        )
-        raise SystemExit(1) from None
+        reason, code = (f"Unexpected {type(exc).__name__} at {Path(where.filename).name}:{where.lineno}: {exc}; "
+                        "see the job log for the traceback."), 1
+    if reason:
+        write_failure(reason, _FAILURE.output_dir or output_dir_from_argv(command_line))
+    if _FAILURE.hard_exit:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    raise SystemExit(code) from None
+
+
+# -----------------------------------------------------------------------------------------------
+# Hosts and processes agreeing on a step
+
+
+class Peers:
+    """This process among the job's processes. Subclasses move objects between them (gather, broadcast);
+    `agree` is the rule every script uses so that a bad input on one process fails every process with the
+    same reason, instead of leaving the others waiting in a collective step. One process: no-ops."""
+
+    rank = 0
+    world = 1
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every process's `obj`, in rank order."""
+        return [obj]
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's `obj` on every process."""
+        return obj
+
+    def failed(self, rank: int, reason: str, here: BaseException | None) -> BaseException:
+        """The exception every process raises when `rank` failed with `reason` (`here`: this one's own)."""
+        return here if here is not None else UserError(f"{reason} (reported by rank {rank})")
+
+    def agree(self, step: Callable[..., Any], *args: Any) -> Any:
+        """`step(*args)` on every process; if it fails on any process, every process fails with the reason
+        of the first one that did (in rank order)."""
+        here: BaseException | None = None
+        try:
+            result, error = step(*args), None
+        except UserError as exc:
+            result, error, here = None, str(exc), exc
+        except Exception as exc:  # noqa: BLE001 - the others must learn of it, then it is raised here
+            if self.world == 1:
+                raise
+            traceback.print_exc()  # the log keeps where it happened, whatever the reason says
+            result, error, here = None, f"{type(exc).__name__}: {exc}", exc
+        first = next(((rank, e) for rank, e in enumerate(self.gather(error)) if e), None)
+        if first is not None:
+            raise self.failed(first[0], first[1], here)
+        return result
 
 
 # -----------------------------------------------------------------------------------------------
