@@ -34,9 +34,10 @@ DEBIAN_PACKAGES = "python3,python3-pip,python3-venv,python-is-python3,ca-certifi
 DEBIAN_MIRROR = os.environ.get("SMKIT_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 TORCH_VERSION = "2.13.0"
 
+# Tagged like the real images they stand in for (containers/standin/real_bases.toml says which).
 STANDINS = {
-    "xgboost": "smkit/standin-xgboost:latest",
-    "pytorch": "smkit/standin-pytorch:latest",
+    "xgboost": "smkit/standin-xgboost:3.0-5",
+    "pytorch": "smkit/standin-pytorch:2.8.0-cpu-py312",
 }
 
 
