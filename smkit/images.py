@@ -18,11 +18,11 @@ from datetime import datetime, timezone
 
 import docker.errors
 
-from smkit import bases, builder, console, ecr, engine, manifest, standin, tags
+from smkit import basecheck, bases, builder, console, ecr, engine, manifest, standin, tags
 from smkit.catalog import ImageSpec
 from smkit.context import BuildContext, build_ca_bundle
 from smkit.errors import BuildFailed, ToolkitError
-from smkit.paths import PROJECT
+from smkit.paths import KEEP_FAILURE_MODULE, PROJECT
 
 LABEL_PREFIX = "io.smkit"
 
@@ -54,6 +54,9 @@ def spec_context(spec: ImageSpec) -> BuildContext:
     for path in spec.build_inputs:
         ctx.add(path)
     ctx.add_bytes("build-ca.crt", build_ca_bundle())
+    # Every image may install it (the `smkit keep-failure` Dockerfile lines): it keeps the script's own
+    # failure reason on bases whose legacy toolkit overwrites it. From this toolkit, not the project.
+    ctx.add_file_as(KEEP_FAILURE_MODULE, KEEP_FAILURE_MODULE.name)
     return ctx
 
 
@@ -222,6 +225,8 @@ def build_image(
         console.note(f"built {ref} in {first.seconds + second.seconds:.0f}s "
                      f"({first.cached_steps}/{first.steps} steps from cache)")
     builder.check_platform(ref)
+    for problem in basecheck.config_differences(ref, base.uri):  # what breaks on the real base (cheap: metadata only)
+        console.warn(f"{spec.name}: {problem}")
     image = client.images.get(ref)
     for extra in moving:
         image.tag(spec.repository, extra)

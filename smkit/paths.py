@@ -12,3 +12,5 @@ REPO = Path(__file__).resolve().parent.parent
 PROJECT = Path(os.environ.get("SMKIT_PROJECT") or REPO).resolve()
 IMAGES_FILE = PROJECT / "images.toml"
 BUILD_DIR = PROJECT / "build"  # build manifest (images.json); git-ignored
+# Installed into derived images whose base runs the legacy sagemaker-containers toolkit (docstring there).
+KEEP_FAILURE_MODULE = REPO / "containers" / "smkit_keep_failure.py"
