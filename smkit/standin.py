@@ -1,9 +1,12 @@
 """Offline stand-ins for the prebuilt SageMaker XGBoost and PyTorch training images.
 
 The prebuilt images live in AWS-owned private ECR registries; machines without AWS credentials (the
-offline demo, CI, air-gapped users) cannot pull them. The stand-ins honour the same contract
-(sagemaker-training's `train`, the frameworks, CMD ["train"]) so a derived image behaves the same on
-either base. Each stand-in is labelled with the hash of its inputs and rebuilt only when they change.
+offline demo, CI, air-gapped users) cannot pull them. The stand-ins run what the real images run where it
+decides whether a job works (the XGBoost image's legacy sagemaker-containers toolkit and its script-mode
+dispatch, the PyTorch image's sagemaker-training + sagemaker-pytorch-training, the pins, entry point and
+workdir), so a derived image behaves the same on either base; containers/standin/real_bases.toml records
+the real facts and docs/build.md the differences. Each stand-in is labelled with the hash of its inputs and
+rebuilt only when they change.
 
 Their Python base is `python:3.11-slim` where a registry can be pulled; where none can, the same role
 is played by a Debian 12 root (Python 3.11) made with debootstrap and `docker import`.

@@ -85,6 +85,14 @@ def keep_failure_lines() -> str:
     return match.group(0)
 
 
+def test_every_dockerfile_carries_the_same_keep_failure_block():
+    carriers = [p for p in (REPO / "containers").rglob("Dockerfile*") if "smkit keep-failure" in p.read_text()]
+    carriers += [REPO / "tests" / "fixtures" / "tiny_xgboost" / "Dockerfile"]
+    for path in carriers:
+        match = KEEP_FAILURE_BLOCK.search(path.read_text())
+        assert match and match.group(0) == keep_failure_lines(), f"{path} has another keep-failure block"
+
+
 def probe_image(base: str, tag: str, keep_failure: bool) -> str:
     """A user script we did not write (probe.py), baked onto `base` like any derived image."""
     ctx = BuildContext(REPO)
