@@ -125,6 +125,15 @@ def render(result: dict[str, Any]) -> str:
         "",
         machine_note(result),
     ]
+    if per.get("pip_install", {}).get("n"):
+        text += ["", "**The XGBoost base's job-start install.** The prebuilt XGBoost image's legacy toolkit "
+                 "(sagemaker-containers, which the stand-in runs too) writes a setup.py into /opt/ml/code and runs "
+                 "`pip install .` there before every job, then starts the script with `python -m`. That install "
+                 f"took {spread(per['pip_install'])} of each by-hand run above (from the toolkit's own time-stamped "
+                 "log lines); it is part of every real XGBoost job's start and grows with what /opt/ml/code holds "
+                 "(everything in it is packed into a wheel). It needs no network (pip 25.2 with setuptools and "
+                 "wheel present builds without an isolated build environment); with network, pip also asks PyPI "
+                 "for a newer pip on the way out."]
     if worst > 1.5 and all(c in per for c in COMPONENTS):
         imports = {"sdk_v2": per["import_v2"]["median"], "sdk_v3": per["import_v3"]["median"]}
         compose = per["compose_cli"]["median"]
