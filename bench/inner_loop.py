@@ -163,8 +163,8 @@ def render(result: dict[str, Any]) -> str:
         "**Why the job is several times the bare run, and what would close it.** On this data the script itself "
         f"needs about {fmt_s(m['bare']['median'])} (interpreter start, imports, 60 rounds); a local-mode job adds "
         "a constant few seconds that do not grow with the data: the SDK's start and compose (the start-up "
-        "benchmark above splits them), the container start, and the `sagemaker-training` toolkit starting the "
-        "script. Two instances add a second container and XGBoost's tracker handshake"
+        "benchmark above splits them), the container start, and the toolkit starting the script (on XGBoost the legacy "
+        "`sagemaker-containers`, which first pip-installs /opt/ml/code: the start-up benchmark times it). Two instances add a second container and XGBoost's tracker handshake"
         + retry_text(m)
         + ". On real data the constant matters less and less: the ratio tends to 1 as training time grows.",
     ]

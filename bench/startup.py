@@ -1,10 +1,16 @@
 """Local-mode start-up: what SageMaker SDK local mode (v2 and v3) costs on top of starting the same
 container as SageMaker does through the Docker API (local_mode's direct backend: `docker run <image> train`
 with the /opt/ml layout written by local_mode/contract.py), on the same image and tiny data (the bundled
-sample, one boosting round). The variant key `docker_run` is the direct backend."""
+sample, one boosting round). The variant key `docker_run` is the direct backend.
+
+On the XGBoost base the legacy sagemaker-containers toolkit pip-installs /opt/ml/code at every job start
+before it runs the script; that step is part of every real job's cost and is timed on its own, from the
+toolkit's own time-stamped log lines of each direct run."""
 
 from __future__ import annotations
 
+import re
+from datetime import datetime
 from typing import Any
 
 from bench import jobs
@@ -28,6 +34,26 @@ COMPONENTS = {
 COMPONENT_LABELS = {"import_v2": "of which: a fresh Python importing SDK v2",
                     "import_v3": "of which: a fresh Python importing SDK v3",
                     "compose_cli": "of which: one start of `docker-compose` (the SDK runs `docker-compose up`)"}
+PIP_INSTALL_LABEL = "of which: the toolkit's job-start `pip install .` of /opt/ml/code (from its log)"
+# `2026-11-29 13:20:16,374 sagemaker-containers INFO     Installing module with the following command:`
+# A toolkit log line, behind the `<host> | ` prefix of the run log where there is one.
+TOOLKIT_LINE = re.compile(r"^(?:[\w.-]+\s+\|\s?)?(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) sagemaker-containers ")
+
+
+def pip_install_seconds(lines: list[str]) -> float | None:
+    """Seconds from the toolkit's `Installing module` line to its next time-stamped line (the install's
+    end), or None where the toolkit installs nothing (sagemaker-training bases)."""
+    start = None
+    for line in lines:
+        match = TOOLKIT_LINE.match(line)
+        if not match:
+            continue
+        stamp = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f")
+        if start is not None:
+            return (stamp - start).total_seconds()
+        if "Installing module" in line:
+            start = stamp
+    return None
 
 
 def run(cfg: Config, ctx: Context) -> dict[str, Any]:
@@ -40,6 +66,7 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
     # Smoke size: SDK v2 only here (the inner-loop smoke run covers v3), and no component timings.
     variants = cfg.pick([*VARIANTS, *COMPONENTS], [*VARIANTS, *COMPONENTS], ["docker_run", "sdk_v2"])
     times: dict[str, list[float]] = {v: [] for v in variants}
+    installs: list[float] = []
     runs = []
     for repeat, variant in interleaved(cfg.repeats, variants):
         if variant in COMPONENTS:
@@ -50,6 +77,9 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
         ctx.probe.sample()
         if variant == "docker_run":
             job = jobs.local_job(ctx, image, [Channel("train", str(train), "text/csv")], hps, sdk="v2", backend="direct")
+            install = pip_install_seconds([line for _, line in job.lines])
+            if install is not None:
+                installs.append(install)
         else:
             job = jobs.local_job(ctx, image, [Channel("train", str(train), "text/csv")], hps, sdk=variant[-2:])
         job.check(f"start-up run {variant}")
@@ -57,6 +87,8 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
         runs.append({"repeat": repeat, "variant": variant, "seconds": round(job.wall, 3)})
         log(f"startup {variant} #{repeat}: {job.wall:.2f}s")
     per = {v: stats(t) for v, t in times.items()}
+    if installs:
+        per["pip_install"] = stats(installs)
     summary = {}
     for sdk in ("sdk_v2", "sdk_v3"):
         if sdk not in times:
@@ -77,6 +109,8 @@ def render(result: dict[str, Any]) -> str:
     for sdk in summary:
         rows.append([LABELS[sdk], spread(per[sdk]), fmt_x(summary[sdk]["ratio_to_docker_run"]),
                      fmt_s(summary[sdk]["overhead_s"])])
+    if per.get("pip_install", {}).get("n"):
+        rows.append([PIP_INSTALL_LABEL, spread(per["pip_install"]), "", ""])
     for component in COMPONENTS:
         if per.get(component, {}).get("n"):
             rows.append([COMPONENT_LABELS[component], spread(per[component]), "", ""])
@@ -90,6 +124,15 @@ def render(result: dict[str, Any]) -> str:
         "",
         machine_note(result),
     ]
+    if per.get("pip_install", {}).get("n"):
+        text += ["", "**The XGBoost base's job-start install.** The prebuilt XGBoost image's legacy toolkit "
+                 "(sagemaker-containers, which the stand-in runs too) writes a setup.py into /opt/ml/code and runs "
+                 "`pip install .` there before every job, then starts the script with `python -m`. That install "
+                 f"took {spread(per['pip_install'])} of each by-hand run above (from the toolkit's own time-stamped "
+                 "log lines); it is part of every real XGBoost job's start and grows with what /opt/ml/code holds "
+                 "(everything in it is packed into a wheel). It needs no network (pip 25.2 with setuptools and "
+                 "wheel present builds without an isolated build environment); with network, pip also asks PyPI "
+                 "for a newer pip on the way out."]
     if worst > 1.5 and all(c in per for c in COMPONENTS):
         imports = {"sdk_v2": per["import_v2"]["median"], "sdk_v3": per["import_v3"]["median"]}
         compose = per["compose_cli"]["median"]

@@ -252,6 +252,7 @@ def cmd_demo(args) -> int:
 def cmd_clean(args) -> int:
     from local_mode.cleanup import RUN_DIR_LABEL, remove_containers, remove_networks, remove_tree
     from local_mode.runner import stop_containers
+    from smkit.standin import STANDINS
 
     runs = Path(args.runs_dir)
     if not runs.exists():
@@ -267,7 +268,7 @@ def cmd_clean(args) -> int:
             shutil.rmtree(run)
         except PermissionError:
             spec = json.loads((run / "spec.json").read_text()) if (run / "spec.json").exists() else {}
-            remove_tree(run, spec.get("image", "smkit/standin-xgboost:latest"))
+            remove_tree(run, spec.get("image", STANDINS["xgboost"]))
         console.note(f"removed {run}")
     return 0
 

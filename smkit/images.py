@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING
 
 import docker.errors
 
-from smkit import bases, builder, console, dockerfile, engine, label_pass, manifest, standin, tags
+from smkit import basecheck, bases, builder, console, dockerfile, engine, label_pass, manifest, standin, tags
 from smkit.catalog import ImageSpec
 from smkit.context import BuildContext, build_ca_bundle
 from smkit.errors import BuildFailed, ToolkitError
-from smkit.paths import PROJECT, TEMPLATE
+from smkit.paths import KEEP_FAILURE_MODULE, PROJECT, TEMPLATE
 
 if TYPE_CHECKING:
     from smkit import ecr
@@ -75,6 +75,9 @@ def spec_context(spec: ImageSpec) -> BuildContext:
             # A requirements.txt next to the script is baked at build time, never left for job start.
             ctx.add(scripts, dest=dockerfile.CODE_DIR, skip=(spec.requirements,) if spec.requirements else ())
     ctx.add_bytes("build-ca.crt", build_ca_bundle())
+    # Every image may install it (the `smkit keep-failure` Dockerfile lines): it keeps the script's own
+    # failure reason on bases whose legacy toolkit overwrites it. From this toolkit, not the project.
+    ctx.add_file_as(KEEP_FAILURE_MODULE, KEEP_FAILURE_MODULE.name)
     return ctx
 
 
@@ -295,6 +298,8 @@ def build_image(
         image_id, reused_from = _build_labelled(spec, ctx, context_dockerfile, buildargs, ref, labels, deps, verbose)
         cached = False
     builder.check_platform(ref)
+    for problem in basecheck.config_differences(ref, base.uri):  # what breaks on the real base (cheap: metadata only)
+        console.warn(f"{spec.name}: {problem}")
     image = client.images.get(ref)
     for extra in moving:
         image.tag(spec.repository, extra)

@@ -22,3 +22,5 @@ CONTAINERS = (_CHECKOUT_CONTAINERS if (_CHECKOUT_CONTAINERS / "Dockerfile").is_f
 TEMPLATE = CONTAINERS / "Dockerfile"  # the Dockerfile of every image that names none of its own
 STANDIN_DIR = CONTAINERS / "standin"
 REAL_BASES = STANDIN_DIR / "real_bases.toml"
+# Installed into derived images whose base runs the legacy sagemaker-containers toolkit (docstring there).
+KEEP_FAILURE_MODULE = CONTAINERS / "smkit_keep_failure.py"

@@ -1,9 +1,12 @@
 """Offline stand-ins for the prebuilt SageMaker XGBoost, PyTorch and scikit-learn training images.
 
 The prebuilt images live in AWS-owned private ECR registries; machines without AWS credentials (the
-offline demo, CI, air-gapped users) cannot pull them. The stand-ins honour the same contract
-(sagemaker-training's `train`, the frameworks, CMD ["train"]) so a derived image behaves the same on
-either base. Each stand-in is labelled with the hash of its inputs and rebuilt only when they change.
+offline demo, CI, air-gapped users) cannot pull them. The stand-ins run what the real images run where it
+decides whether a job works (the XGBoost image's legacy sagemaker-containers toolkit and its script-mode
+dispatch, the PyTorch image's sagemaker-training + sagemaker-pytorch-training, the pins, entry point and
+workdir), so a derived image behaves the same on either base; containers/standin/real_bases.toml records
+the real facts and docs/build.md the differences. Each stand-in is labelled with the hash of its inputs and
+rebuilt only when they change.
 
 Their Python base is `python:3.11-slim` where a registry can be pulled; where none can, the same role
 is played by a Debian 12 root (Python 3.11) made with debootstrap and `docker import`.
@@ -34,9 +37,10 @@ DEBIAN_PACKAGES = "python3,python3-pip,python3-venv,python-is-python3,ca-certifi
 DEBIAN_MIRROR = os.environ.get("SMKIT_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 TORCH_VERSION = "2.13.0"
 
+# Tagged like the real images they stand in for (containers/standin/real_bases.toml says which).
 STANDINS = {
-    "xgboost": "smkit/standin-xgboost:latest",
-    "pytorch": "smkit/standin-pytorch:latest",
+    "xgboost": "smkit/standin-xgboost:3.0-5",
+    "pytorch": "smkit/standin-pytorch:2.8.0-cpu-py312",
     "sklearn": "smkit/standin-sklearn:1.4-2",
 }
 

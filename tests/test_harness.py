@@ -22,25 +22,33 @@ def run_in(client, image: str, *command: str, entrypoint=None) -> str:
     return out.decode().strip()
 
 
-@pytest.mark.parametrize("framework,module", [("xgboost", "xgboost"), ("pytorch", "torch")])
-def test_standin_base_honours_the_training_contract(docker_client, standin_xgboost, standin_pytorch, framework, module):
+@pytest.mark.parametrize("framework,module,toolkit", [("xgboost", "xgboost", "sagemaker_containers"),
+                                                      ("pytorch", "torch", "sagemaker_training")])
+def test_standin_base_honours_the_training_contract(docker_client, standin_xgboost, standin_pytorch, framework, module,
+                                                    toolkit):
     name = standin.STANDINS[framework]
     attrs = docker_client.images.get(name).attrs
-    assert attrs["Config"]["Cmd"] == ["train"]
     assert attrs["Architecture"] == "amd64" and attrs["Os"] == "linux"
-    # sagemaker-training's console script, Python 3.10+, and the framework itself
+    # The toolkit's `train` console script (the legacy sagemaker-containers on XGBoost, as the real
+    # 3.0-5 image), Python 3.10+, and the framework itself
     probe = (
-        "import shutil, sys, importlib; import sagemaker_training; "
+        f"import shutil, sys, importlib; import {toolkit}; "
         f"m = importlib.import_module('{module}'); "
         "print(shutil.which('train'), sys.version_info >= (3, 10), m.__version__)"
     )
     train_path, modern, version = run_in(docker_client, name, "-c", probe, entrypoint=["python3"]).split()
     assert train_path.endswith("/train") and modern == "True"
     assert version.startswith("3.0.5" if framework == "xgboost" else "2.")
+    env = attrs["Config"]["Env"]
     if framework == "pytorch":
-        # Same ENTRYPOINT and framework module as the prebuilt PyTorch images.
+        # Same ENTRYPOINT, command, workdir and framework module as the prebuilt PyTorch images.
         assert attrs["Config"]["Entrypoint"] == ["bash", "-m", "start_with_right_hostname.sh"]
-        assert "SAGEMAKER_TRAINING_MODULE=sagemaker_pytorch_container.training:main" in attrs["Config"]["Env"]
+        assert attrs["Config"]["Cmd"] == ["/bin/bash"] and attrs["Config"]["WorkingDir"] in ("", "/")
+        assert "SAGEMAKER_TRAINING_MODULE=sagemaker_pytorch_container.training:main" in env
+    else:
+        # No ENTRYPOINT, and the framework module of the prebuilt XGBoost images.
+        assert not attrs["Config"]["Entrypoint"] and attrs["Config"]["WorkingDir"] in ("", "/")
+        assert "SAGEMAKER_TRAINING_MODULE=sagemaker_xgboost_container.training:main" in env
 
 
 def test_standin_is_cached_by_the_hash_of_its_inputs(docker_client, standin_xgboost):
