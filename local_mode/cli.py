@@ -8,7 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from local_mode import summary
+from local_mode import backends, interrupt, summary
 from local_mode.job import RUNS_DIR, JobSpec, parse_channels, resolve_image, sample_job
 from smkit import console, manifest
 from smkit.errors import ConfigError
@@ -16,11 +16,12 @@ from smkit.errors import ConfigError
 EXAMPLES = """\
 examples:
   python -m local_mode run --image xgboost                      # bundled sample data, SDK local mode
+  python -m local_mode run --image xgboost --backend direct     # the same job straight through Docker (fast)
   python -m local_mode run --image xgboost --channel train=data/train --channel validation=data/val \\
       --hp num_round=200 --hp eta=0.1 --instance-count 2
   python -m local_mode run --image pytorch --sdk v3              # needs SageMaker SDK v3 in this Python
   python -m local_mode run --image xgboost --dry-run             # print the SDK call, run nothing
-  python -m local_mode run --image xgboost --cloud --role arn:aws:iam::123456789012:role/SageMaker \\
+  python -m local_mode run --image xgboost --backend cloud --role arn:aws:iam::123456789012:role/SageMaker \\
       --instance-type ml.m5.xlarge --channel train=s3://bucket/train --output-path s3://bucket/out
   python -m local_mode demo                                     # every built image on its sample data
 """
@@ -54,7 +55,7 @@ def build_spec(args) -> JobSpec:
                 "pass --image NAME (e.g. --image xgboost) or build first with `make build BASE=local`",
             )
         image_arg = built[0]
-    if args.cloud:
+    if args.backend == "cloud":
         from local_mode import cloud
 
         image, image_name = cloud.pushed_image(image_arg)
@@ -64,7 +65,7 @@ def build_spec(args) -> JobSpec:
     if args.channel:
         channels = parse_channels(args.channel, args.content_type)
     else:
-        if args.cloud:
+        if args.backend == "cloud":
             raise ConfigError("A cloud job needs its channels.", "pass --channel train=s3://bucket/prefix (or a local dir with --upload-prefix)")
         channels, hyperparameters = sample_job(image_name or image_arg)
         console.note(f"no --channel given: using the bundled sample data ({', '.join(c.name for c in channels)})")
@@ -78,15 +79,16 @@ def build_spec(args) -> JobSpec:
         channels=channels,
         hyperparameters=hyperparameters,
         environment=parse_pairs(args.env, "--env"),
-        instance_type=args.instance_type or ("ml.m5.xlarge" if args.cloud else "local"),
+        instance_type=args.instance_type or ("ml.m5.xlarge" if args.backend == "cloud" else "local"),
         instance_count=args.instance_count,
         job_name=args.job_name or "",
         sdk=args.sdk,
         region=args.region,
         max_run_seconds=args.max_run,
         checkpoint_local_path=args.checkpoint_local_path,
+        checkpoint_dir=args.checkpoint_dir,
     )
-    if args.cloud:
+    if args.backend == "cloud":
         spec.role = args.role or ""
         spec.output_path = args.output_path
         spec.checkpoint_s3_uri = args.checkpoint_s3_uri
@@ -95,28 +97,59 @@ def build_spec(args) -> JobSpec:
     return spec
 
 
-def cmd_run(args) -> int:
-    spec = build_spec(args)
+def resolve_backend(args) -> None:
+    """--cloud is a synonym of --backend cloud; options of one backend are refused by the others."""
     if args.cloud:
-        from local_mode import cloud
+        if args.backend not in (None, "cloud"):
+            raise ConfigError(f"--cloud contradicts --backend {args.backend}.", "pass one of them")
+        args.backend = "cloud"
+    args.backend = args.backend or "sdk"
+    if args.backend != "direct":
+        for flag, value in (("--network", args.network), ("--memory", args.memory), ("--checkpoint-dir", args.checkpoint_dir)):
+            if value:
+                raise ConfigError(f"{flag} applies to the direct backend only.", f"add --backend direct, or drop {flag}")
 
-        if args.dry_run:
+
+def cmd_run(args) -> int:
+    resolve_backend(args)
+    spec = build_spec(args)
+    if args.dry_run:
+        if args.backend == "cloud":
+            from local_mode import cloud
+
             cloud.print_request(spec, upload_prefix=args.upload_prefix)
-            return 0
-        result = cloud.run_cloud(spec, upload_prefix=args.upload_prefix, wait=not args.no_wait, timeout=args.timeout)
-    else:
-        from local_mode.runner import run_local
+        else:
+            print_local_plan(spec, args.backend)
+        return 0
+    options: dict = {}
+    if args.backend == "direct":
+        options = {"network": args.network, "mem_limit": args.memory}
+    return run_and_report(lambda: backends.run(
+        spec, args.backend, runs_dir=Path(args.runs_dir), timeout=args.timeout, stream=not args.quiet,
+        keep_work=args.keep, upload_prefix=args.upload_prefix, wait=not args.no_wait, **options))
 
-        if args.dry_run:
-            print_local_plan(spec)
-            return 0
-        result = run_local(spec, runs_dir=Path(args.runs_dir), timeout=args.timeout, stream=not args.quiet, keep_work=args.keep)
+
+def run_and_report(job) -> int:
+    """Run one job with SIGINT/SIGTERM/SIGHUP stopping it, print its summary; the exit code: 0 completed
+    (or submitted without waiting), 1 failed, 128+N when signal N stopped it."""
+    try:
+        with interrupt.signals_interrupt():
+            result = job()
+    except (interrupt.Interrupted, KeyboardInterrupt) as exc:
+        if getattr(exc, "result", None) is not None:
+            summary.show(exc.result)
+        else:
+            console.err.print(f"[red]{interrupt.reason(exc)}[/] before the job started")
+        return exc.exit_code if isinstance(exc, interrupt.Interrupted) else 130
     summary.show(result)
     return 0 if result.ok or result.status == "InProgress" else 1
 
 
-def print_local_plan(spec: JobSpec) -> None:
-    """What a local run would do, as the SDK v2 and v3 code that does it."""
+def print_local_plan(spec: JobSpec, backend: str = "sdk") -> None:
+    """What a local run would do: the containers a direct run starts, or the SDK v2 and v3 code of an sdk run."""
+    if backend == "direct":
+        print_direct_plan(spec)
+        return
     channels = {c.name: str(Path(c.source).resolve()) for c in spec.channels}
     console.out.print(f"# local run of {spec.image} (nothing was run). The same job in SDK v2:")
     console.out.print(
@@ -139,9 +172,27 @@ def print_local_plan(spec: JobSpec) -> None:
     )
 
 
-def cmd_demo(args) -> int:
-    from local_mode.runner import run_local
+def print_direct_plan(spec: JobSpec) -> None:
+    from local_mode import contract
 
+    dialect = contract.resolve_dialect(spec.sdk)
+    hosts = contract.host_names(spec.instance_count, dialect)
+    spec.job_name = spec.job_name or "<job name>"
+    console.out.print(f"# direct run of {spec.image} (nothing was run): {len(hosts)} container(s), contract {dialect}", markup=False)
+    for host in hosts:
+        console.out.print(f"## {host}: docker run --hostname {host} ... {spec.image} train", markup=False)
+        files = {
+            "hyperparameters.json": contract.encode_hyperparameters(spec.hyperparameters, dialect),
+            "resourceconfig.json": contract.resource_config(host, hosts, spec.instance_type, dialect),
+            "inputdataconfig.json": contract.input_data_config(spec.channels),
+        }
+        for name, content in files.items():
+            console.out.print(f"/opt/ml/input/config/{name}: {json.dumps(content)}", markup=False)
+        for channel in spec.channels:
+            console.out.print(f"/opt/ml/input/data/{channel.name} <- {Path(channel.source).resolve()} (read-only)", markup=False)
+
+
+def cmd_demo(args) -> int:
     built = manifest.load()["images"]
     names = args.image or sorted(built)
     if not names:
@@ -151,23 +202,25 @@ def cmd_demo(args) -> int:
         image, image_name = resolve_image(name)
         channels, hyperparameters = sample_job(image_name or name)
         spec = JobSpec(image=image, image_name=image_name, channels=channels, hyperparameters=hyperparameters, sdk=args.sdk)
-        result = run_local(spec, runs_dir=Path(args.runs_dir), stream=not args.quiet, timeout=args.timeout)
-        summary.show(result)
-        if result.ok:
-            console.out.print(f"[bold green]{name}: the model is at {result.model_artifact}[/]")
-        else:
-            failures += 1
+        code = run_and_report(lambda: backends.run(spec, args.backend, runs_dir=Path(args.runs_dir),
+                                                   stream=not args.quiet, timeout=args.timeout))
+        if code > 1:  # stopped by a signal: no further images
+            return code
+        failures += code
     return 1 if failures else 0
 
 
 def cmd_clean(args) -> int:
-    from local_mode.runner import remove_tree, stop_containers
+    from local_mode.cleanup import RUN_DIR_LABEL, remove_containers, remove_networks, remove_tree
+    from local_mode.runner import stop_containers
 
     runs = Path(args.runs_dir)
     if not runs.exists():
         return 0
     for run in sorted(p for p in runs.iterdir() if p.is_dir()):
         stop_containers(run)
+        remove_containers(RUN_DIR_LABEL, str(run.resolve()))
+        remove_networks(RUN_DIR_LABEL, str(run.resolve()))
         try:
             shutil.rmtree(run)
         except PermissionError:
@@ -180,14 +233,14 @@ def cmd_clean(args) -> int:
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="python -m local_mode",
-        description="Run a built training image through SageMaker Python SDK local mode (Docker), "
-        "then submit the very same job to SageMaker.",
+        description="Run a built training image as a SageMaker training job: through SageMaker Python SDK "
+        "local mode, straight through Docker (--backend direct), or on SageMaker itself (--backend cloud).",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = top.add_subparsers(dest="command", required=True, metavar="{run,demo,clean}")
 
-    run = sub.add_parser("run", help="run one job locally (default) or in the cloud (--cloud)",
+    run = sub.add_parser("run", help="run one job: SDK local mode (default), direct through Docker, or in the cloud",
                          epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("--image", help="an image name from build/images.json (xgboost, pytorch) or an image reference")
     run.add_argument("--channel", action="append", metavar="NAME=PATH",
@@ -199,7 +252,13 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--env", action="append", metavar="KEY=VALUE", help="an environment variable for the container")
     run.add_argument("--instance-count", type=int, default=1, help="number of hosts (default 1)")
     run.add_argument("--instance-type", help="local or local_gpu (default local); with --cloud an ml.* type (default ml.m5.xlarge)")
-    run.add_argument("--sdk", choices=["auto", "v2", "v3"], default="auto", help="which SageMaker SDK must run it (default: the installed one)")
+    run.add_argument("--backend", choices=["sdk", "direct", "cloud"],
+                     help="what runs the job: sdk = SageMaker SDK local mode (default; the fidelity gate before the "
+                          "cloud), direct = the same containers straight through Docker (the fast inner loop), "
+                          "cloud = SageMaker itself (same as --cloud)")
+    run.add_argument("--sdk", choices=["auto", "v2", "v3"], default="auto",
+                     help="which SageMaker SDK must run it (default: the installed one); with --backend direct, "
+                          "whose contract dialect to write")
     run.add_argument("--job-name", help="default: <image>-<UTC time>")
     run.add_argument("--region", help="AWS region (default: AWS_REGION / config / us-east-1 for local runs)")
     run.add_argument("--max-run", type=int, default=24 * 3600, metavar="SECONDS", help="job time limit (default 1 day)")
@@ -208,9 +267,18 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--runs-dir", default=str(RUNS_DIR), help=f"where local runs keep log and artifacts (default {RUNS_DIR})")
     run.add_argument("--keep", action="store_true", help="keep the SDK's scratch directories of a local run")
     run.add_argument("--quiet", action="store_true", help="do not stream the container log (it is still saved)")
-    run.add_argument("--dry-run", action="store_true", help="print the SDK call (local) or CreateTrainingJob request (cloud); run nothing")
-    cloud = run.add_argument_group("cloud (--cloud): the same job on SageMaker")
-    cloud.add_argument("--cloud", action="store_true", help="submit to SageMaker instead of running locally")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the SDK call (sdk), the containers and config files (direct) or the CreateTrainingJob "
+                          "request (cloud); run nothing")
+    direct = run.add_argument_group("direct (--backend direct): the containers straight through Docker")
+    direct.add_argument("--network", action="store_true",
+                        help="give the containers a route out (default: none; several hosts still reach each other)")
+    direct.add_argument("--memory", metavar="LIMIT", help="memory limit per container, e.g. 2g (docker --memory)")
+    direct.add_argument("--checkpoint-dir", metavar="DIR",
+                        help="a local directory mounted as /opt/ml/checkpoints, with checkpointconfig.json written "
+                             "(what --checkpoint-s3-uri is in the cloud)")
+    cloud = run.add_argument_group("cloud (--backend cloud, or --cloud): the same job on SageMaker")
+    cloud.add_argument("--cloud", action="store_true", help="the same as --backend cloud")
     cloud.add_argument("--role", help="execution role ARN (default: SAGEMAKER_ROLE)")
     cloud.add_argument("--output-path", help="s3:// prefix for model.tar.gz and output.tar.gz")
     cloud.add_argument("--upload-prefix", help="s3:// prefix to upload local --channel directories to first")
@@ -223,6 +291,7 @@ def parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="train every built image in local mode on its bundled sample data")
     demo.add_argument("--image", action="append", help="only these images (repeat)")
     demo.add_argument("--sdk", choices=["auto", "v2", "v3"], default="auto")
+    demo.add_argument("--backend", choices=["sdk", "direct"], default="sdk")
     demo.add_argument("--runs-dir", default=str(RUNS_DIR))
     demo.add_argument("--timeout", type=float)
     demo.add_argument("--quiet", action="store_true")

@@ -18,8 +18,9 @@ from pathlib import Path
 import boto3
 import botocore.exceptions
 
+from local_mode import interrupt
 from local_mode.job import JobSpec, job_name_for
-from local_mode.runner import JobResult
+from local_mode.result import JobResult
 from local_mode.sdk import sdk_major
 from smkit import bases, catalog, console, ecr, manifest
 from smkit.errors import ConfigError, ToolkitError
@@ -210,30 +211,56 @@ def run_cloud(spec: JobSpec, upload_prefix: str | None = None, wait: bool = True
         raise ecr.explain(exc, f"create the training job {spec.job_name}", spec.region) from None
     client = boto3.client("sagemaker", region_name=spec.region)
     description, last = {}, None
-    with console.err.status(f"{spec.job_name}: submitted") as status:
-        while True:
-            description = client.describe_training_job(TrainingJobName=spec.job_name)
-            state = (description["TrainingJobStatus"], description.get("SecondaryStatus"))
-            if state != last:
-                console.note(f"{spec.job_name}: {state[0]} / {state[1]}")
-                last = state
-            status.update(f"{spec.job_name}: {state[0]} / {state[1]} ({time.monotonic() - started:.0f}s)")
-            if not wait or state[0] in TERMINAL or (timeout is not None and time.monotonic() - started > timeout):
-                break
-            time.sleep(poll_seconds)
+    stop_reason, interrupted = None, None
+    try:
+        with console.err.status(f"{spec.job_name}: submitted") as status:
+            while True:
+                description = client.describe_training_job(TrainingJobName=spec.job_name)
+                state = (description["TrainingJobStatus"], description.get("SecondaryStatus"))
+                if state != last:
+                    console.note(f"{spec.job_name}: {state[0]} / {state[1]}")
+                    last = state
+                status.update(f"{spec.job_name}: {state[0]} / {state[1]} ({time.monotonic() - started:.0f}s)")
+                if not wait or state[0] in TERMINAL or (timeout is not None and time.monotonic() - started > timeout):
+                    break
+                time.sleep(poll_seconds)
+    except (interrupt.Interrupted, KeyboardInterrupt) as exc:
+        interrupted, stop_reason = exc, interrupt.reason(exc)
+        description = stop_job(client, spec.job_name, stop_reason) or description
     metrics = {m["MetricName"]: m["Value"] for m in description.get("FinalMetricDataList", [])}
     output_prefix = f"{spec.output_path.rstrip('/')}/{spec.job_name}/output"
-    return JobResult(
+    result = JobResult(
         job_name=spec.job_name,
         mode="cloud",
+        backend="cloud",
         status=description.get("TrainingJobStatus", "InProgress"),
         wall_seconds=round(time.monotonic() - started, 2),
         image=spec.image,
         sdk=f"v{major}",
         instance_count=spec.instance_count,
         failure_reason=description.get("FailureReason"),
+        stop_reason=stop_reason,
         metrics=metrics,
         model_artifact=description.get("ModelArtifacts", {}).get("S3ModelArtifacts"),
         output_artifact=f"{output_prefix}/output.tar.gz",
         extra={"arn": description.get("TrainingJobArn"), "billable_seconds": description.get("BillableTimeInSeconds")},
     )
+    if interrupted is not None:
+        interrupted.result = result
+        raise interrupted
+    return result
+
+
+def stop_job(client, job_name: str, reason: str) -> dict | None:
+    """An interrupted wait stops the job it was waiting for (StopTrainingJob): leaving it running would
+    bill instances nobody watches. Returns the job's description afterwards (None if that failed too)."""
+    console.note(f"{job_name}: {reason}, stopping the training job")
+    try:
+        client.stop_training_job(TrainingJobName=job_name)
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        console.warn(f"could not stop {job_name}: {exc}; stop it with "
+                     f"`aws sagemaker stop-training-job --training-job-name {job_name}`")
+    try:
+        return client.describe_training_job(TrainingJobName=job_name)
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
+        return None

@@ -52,6 +52,8 @@ def run_v2(spec: JobSpec, work: Path, output: Path) -> dict:
         status, error = "Completed", None
     except Exception as exc:  # the SDK raises RuntimeError("Failed to run: ...") on a non-zero exit
         status, error = "Failed", f"{type(exc).__name__}: {exc}"
+    except KeyboardInterrupt:  # the runner stopping the job (SIGINT); the SDK has packaged what there was
+        status, error = "Stopped", "interrupted"
     return {
         "status": status,
         "error": error,
@@ -85,6 +87,8 @@ def run_v3(spec: JobSpec, work: Path, output: Path) -> dict:
         status, error = "Completed", None
     except Exception as exc:
         status, error = "Failed", f"{type(exc).__name__}: {exc}"
+    except KeyboardInterrupt:
+        status, error = "Stopped", "interrupted"
     artifacts = work / "compressed_artifacts"
     for name in ("model.tar.gz", "output.tar.gz"):
         if (artifacts / name).exists():
@@ -114,6 +118,8 @@ def main(run_dir: str) -> int:
         except Exception as exc:  # a failure of the SDK itself, before any container ran
             traceback.print_exc()
             result = {"status": "Failed", "error": f"{type(exc).__name__}: {exc}"}
+        except KeyboardInterrupt:  # stopped before the SDK started the containers
+            result = {"status": "Stopped", "error": "interrupted"}
     result.update(sdk=f"v{major}", sdk_version=sdk_version())
     (run / "driver-result.json").write_text(json.dumps(result, indent=2))
     return 0 if result["status"] == "Completed" else 1

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from smkit import manifest
+from smkit import bases, engine, manifest
 from smkit.errors import ConfigError
 from smkit.paths import REPO
 
@@ -46,6 +46,9 @@ class JobSpec:
     output_path: str | None = None  # s3:// for the cloud; local runs use their run directory
     checkpoint_s3_uri: str | None = None
     checkpoint_local_path: str | None = None
+    # Local runs: a directory on this machine in the role of checkpoint_s3_uri, mounted at the checkpoint
+    # path with checkpointconfig.json written (direct backend; SDK local mode has no checkpoint sync).
+    checkpoint_dir: str | None = None
     spot: bool = False
     max_wait_seconds: int | None = None
     role: str = PLACEHOLDER_ROLE
@@ -124,3 +127,47 @@ def sample_job(image_name: str) -> tuple[list[Channel], dict[str, Any]]:
         if sub.is_dir()
     ]
     return channels, dict(config.get("hyperparameters", {}))
+
+
+def prepare_local(spec: JobSpec) -> None:
+    """Name the job, settle its region, and refuse what a local run cannot do, before anything runs."""
+    spec.job_name = spec.job_name or job_name_for(spec.image_name or spec.image.split("/")[-1].split(":")[0])
+    spec.region = spec.region or bases.session_region() or "us-east-1"
+    if spec.instance_type not in LOCAL_INSTANCE_TYPES:
+        raise ConfigError(f"Instance type {spec.instance_type!r} is not a local one.", "use local or local_gpu (or --backend cloud)")
+    if spec.instance_count < 1:
+        raise ConfigError(f"Instance count {spec.instance_count} is not positive.", "use --instance-count 1 or more")
+    if not spec.channels:
+        raise ConfigError("The job has no input channels.", "pass --channel train=DIR (or --sample for the bundled data)")
+    for channel in spec.channels:
+        if channel.source.startswith("s3://"):
+            raise ConfigError(
+                f"Channel {channel.name} is in S3 ({channel.source}); local runs read local directories only.",
+                "download it first (`aws s3 sync URI DIR`), or run in the cloud with --backend cloud",
+            )
+        if not Path(channel.source).exists():
+            raise ConfigError(f"Channel {channel.name}: {channel.source} does not exist.", "pass an existing directory or file")
+        if channel.distribution != "FullyReplicated":
+            raise ConfigError(
+                f"Channel {channel.name} asks for {channel.distribution}; SageMaker local mode supports FullyReplicated only.",
+                "drop the option for local runs (the scripts shard FullyReplicated channels themselves)",
+            )
+    import docker.errors
+
+    try:
+        engine.client().images.get(spec.image)
+    except docker.errors.ImageNotFound:
+        raise ConfigError(
+            f"The image {spec.image} is not in the local Docker engine.",
+            "build it (`make build BASE=local`) or pull it; local runs never pull from a registry",
+        ) from None
+
+
+def create_run_dir(runs_dir: Path, spec: JobSpec) -> Path:
+    """local_mode/runs/<job name>/ (or under runs_dir) with the job's spec.json; it must be new."""
+    run_dir = Path(runs_dir) / spec.job_name
+    if run_dir.exists():
+        raise ConfigError(f"{run_dir} exists already.", "use another --job-name or remove the directory")
+    run_dir.mkdir(parents=True)
+    (run_dir / "spec.json").write_text(spec.to_json())
+    return run_dir

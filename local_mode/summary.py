@@ -12,9 +12,15 @@ def show(result) -> None:
     colour = "green" if result.ok else "red"
     # Plain aligned lines, not a rich Table: a table folds long values at the terminal width (80 columns
     # when piped), and a path cut in two cannot be copied. Values are escaped: a failure reason may hold [brackets].
+    how = getattr(result, "backend", None) or result.mode
+    if result.sdk:
+        how += f", SDK {result.sdk}"
+    elif (result.extra or {}).get("contract"):
+        how += f", contract {result.extra['contract']}"
+    status = result.status + (f" ({result.stop_reason})" if getattr(result, "stop_reason", None) else "")
     rows: list[tuple[str, str]] = [
-        ("job", escape(f"{result.job_name} ({result.mode}" + (f", SDK {result.sdk}" if result.sdk else "") + ")")),
-        ("status", f"[{colour}]{escape(result.status)}[/]"),
+        ("job", escape(f"{result.job_name} ({how})")),
+        ("status", f"[{colour}]{escape(status)}[/]"),
         ("image", escape(result.image)),
         ("instances", str(result.instance_count)),
         ("wall time", f"{result.wall_seconds:.1f}s"),
