@@ -8,7 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from local_mode import backends, interrupt, summary
+from local_mode import backends, inside_cli, interrupt, summary
 from local_mode.job import RUNS_DIR, JobSpec, parse_channels, resolve_image, sample_job
 from smkit import console, manifest
 from smkit.errors import ConfigError
@@ -104,8 +104,16 @@ def resolve_backend(args) -> None:
             raise ConfigError(f"--cloud contradicts --backend {args.backend}.", "pass one of them")
         args.backend = "cloud"
     args.backend = args.backend or "sdk"
+    inside = inside_cli.mode(args)
+    if inside and args.backend != "direct":
+        # SDK local mode offers no way into its containers (it writes and runs its own compose file).
+        if args.backend == "cloud":
+            raise ConfigError(f"{inside} runs locally.", "drop --cloud / --backend cloud")
+        console.note(f"{inside} runs on the direct backend (the same contract as SDK local mode; the SDK cannot "
+                     "attach a terminal or a debugger to its containers)")
+        args.backend = "direct"
     if args.backend != "direct":
-        for flag, value in (("--network", args.network), ("--memory", args.memory), ("--checkpoint-dir", args.checkpoint_dir)):
+        for flag, value in (("--network", args.network == "bridge"), ("--checkpoint-dir", args.checkpoint_dir)):
             if value:
                 raise ConfigError(f"{flag} applies to the direct backend only.", f"add --backend direct, or drop {flag}")
 
@@ -113,6 +121,7 @@ def resolve_backend(args) -> None:
 def cmd_run(args) -> int:
     resolve_backend(args)
     spec = build_spec(args)
+    runtime = inside_cli.apply_runtime(args, spec)
     if args.dry_run:
         if args.backend == "cloud":
             from local_mode import cloud
@@ -121,9 +130,11 @@ def cmd_run(args) -> int:
         else:
             print_local_plan(spec, args.backend)
         return 0
+    if inside_cli.mode(args):
+        return inside_cli.run_inside(args, spec, runtime)
     options: dict = {}
     if args.backend == "direct":
-        options = {"network": args.network, "mem_limit": args.memory}
+        options = {"network": args.network == "bridge", "docker_options": runtime.docker_options()}
     return run_and_report(lambda: backends.run(
         spec, args.backend, runs_dir=Path(args.runs_dir), timeout=args.timeout, stream=not args.quiet,
         keep_work=args.keep, upload_prefix=args.upload_prefix, wait=not args.no_wait, **options))
@@ -251,7 +262,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--hyperparameters", metavar="JSON|@FILE", help="hyperparameters as a JSON object or @file.json")
     run.add_argument("--env", action="append", metavar="KEY=VALUE", help="an environment variable for the container")
     run.add_argument("--instance-count", type=int, default=1, help="number of hosts (default 1)")
-    run.add_argument("--instance-type", help="local or local_gpu (default local); with --cloud an ml.* type (default ml.m5.xlarge)")
+    run.add_argument("--instance-type", help="local or local_gpu (default local); an ml.* type runs locally with that type's "
+                     "CPU and memory limits (local_mode/instance_types.py); with --cloud the type to run on (default ml.m5.xlarge)")
     run.add_argument("--backend", choices=["sdk", "direct", "cloud"],
                      help="what runs the job: sdk = SageMaker SDK local mode (default; the fidelity gate before the "
                           "cloud), direct = the same containers straight through Docker (the fast inner loop), "
@@ -271,12 +283,13 @@ def parser() -> argparse.ArgumentParser:
                      help="print the SDK call (sdk), the containers and config files (direct) or the CreateTrainingJob "
                           "request (cloud); run nothing")
     direct = run.add_argument_group("direct (--backend direct): the containers straight through Docker")
-    direct.add_argument("--network", action="store_true",
-                        help="give the containers a route out (default: none; several hosts still reach each other)")
-    direct.add_argument("--memory", metavar="LIMIT", help="memory limit per container, e.g. 2g (docker --memory)")
+    direct.add_argument("--network", nargs="?", const="bridge", choices=["bridge", "host"],
+                        help="--network: give the containers a route out (default: none; several hosts still reach "
+                             "each other); --network host: the host's own network (VPN, SSO proxies; one host only)")
     direct.add_argument("--checkpoint-dir", metavar="DIR",
                         help="a local directory mounted as /opt/ml/checkpoints, with checkpointconfig.json written "
                              "(what --checkpoint-s3-uri is in the cloud)")
+    inside_cli.add_options(run)
     cloud = run.add_argument_group("cloud (--backend cloud, or --cloud): the same job on SageMaker")
     cloud.add_argument("--cloud", action="store_true", help="the same as --backend cloud")
     cloud.add_argument("--role", help="execution role ARN (default: SAGEMAKER_ROLE)")

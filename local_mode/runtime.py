@@ -187,5 +187,7 @@ def from_args(args) -> RuntimeOptions:
         publish=list(getattr(args, "publish", None) or []),
         memory=parse_size(getattr(args, "memory", None), "--memory"),
         cpus=cpus,
-        instance_type=lookup(instance_type) if instance_type and instance_type.startswith("ml.") else None,
+        # in the cloud any ml.* type runs as itself; locally it must be one whose size the table knows
+        instance_type=(lookup(instance_type) if instance_type and instance_type.startswith("ml.")
+                       and getattr(args, "backend", None) != "cloud" else None),
     )

@@ -106,7 +106,7 @@ def main():
         "smkit: a shell in the job's container: /opt/ml as SageMaker lays it out, the SM_* environment "
         "the toolkit hands the script.",
         "  toolkit:        " + toolkit,
-        "  the whole job:  train                 (what SageMaker runs; exit the shell to end)",
+        "  the whole job:  train        (what SageMaker runs: toolkit, then the script)",
     ]
     if script:
         banner.append("  the script:     cd /opt/ml/code && " + script)
