@@ -7,6 +7,7 @@
     python build.py push --registry HOST:PORT/NS   # to any OCI registry (credentials: docker login)
     python build.py doctor                      # check engine, compose, AWS, registry; print fixes
     python build.py list                        # what each image resolves to
+    python build.py check IMAGE                 # does any training image honour the SageMaker contract?
 
 `make build push` wraps it. Every command takes --help; `build` and `push` take --dry-run.
 """
@@ -158,6 +159,18 @@ def cmd_bases(args) -> int:
     return 0
 
 
+CHECK_DESCRIPTION = """\
+Run a short conformance suite against a training image by its URI, ours or anybody's: it is started as
+SageMaker starts it (the direct backend of local_mode) on tiny generated data, and judged by exit codes,
+model.tar.gz/output.tar.gz and its log. Each check prints PASS/FAIL and the fix; exit code 1 on any failure.
+
+examples:
+  python build.py check xgboost                                 the image built last as xgboost
+  python build.py check 683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-xgboost:3.0-5 --report report.md
+  python build.py check my-image:dev --channel train=data/train --hp epochs=1 --only sigterm --grace 120
+"""
+
+
 def cmd_doctor(args) -> int:
     from smkit import doctor
 
@@ -171,7 +184,7 @@ def parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = top.add_subparsers(dest="command", required=True, metavar="{build,push,doctor,list,bases}")
+    sub = top.add_subparsers(dest="command", required=True, metavar="{build,push,doctor,list,bases,check}")
 
     def common(p, images=True):
         if images:
@@ -225,6 +238,14 @@ def parser() -> argparse.ArgumentParser:
     bases_cmd.add_argument("--force", action="store_true", help="rebuild even if up to date")
     bases_cmd.add_argument("--verbose", action="store_true")
     bases_cmd.set_defaults(func=cmd_bases)
+
+    check = sub.add_parser("check", help="check that any training image honours the SageMaker training contract "
+                           "(train, channels, model.tar.gz, failure file, SIGTERM, no network, amd64, two hosts)",
+                           description=CHECK_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from local_mode import check as contract_check
+
+    contract_check.add_arguments(check)
+    check.set_defaults(func=lambda args: contract_check.cmd_check(args))
     return top
 
 

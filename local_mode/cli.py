@@ -249,7 +249,7 @@ def parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = top.add_subparsers(dest="command", required=True, metavar="{run,demo,clean}")
+    sub = top.add_subparsers(dest="command", required=True, metavar="{run,demo,check,clean}")
 
     run = sub.add_parser("run", help="run one job: SDK local mode (default), direct through Docker, or in the cloud",
                          epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -309,6 +309,12 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--timeout", type=float)
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(func=cmd_demo)
+
+    check = sub.add_parser("check", help="check that any training image honours the SageMaker training contract")
+    from local_mode import check as contract_check
+
+    contract_check.add_arguments(check)
+    check.set_defaults(func=contract_check.cmd_check)
 
     clean = sub.add_parser("clean", help="remove local run directories (root-owned files too) and their containers")
     clean.add_argument("--runs-dir", default=str(RUNS_DIR))
