@@ -175,7 +175,7 @@ def from_args(args) -> RuntimeOptions:
     """RuntimeOptions from the run command's arguments (see cli_options.add_runtime_options)."""
     instance_type = getattr(args, "instance_type", None)
     network = getattr(args, "network", None)
-    if network not in (None, "host", "none", "default"):
+    if network not in (None, "host", "bridge"):
         raise ConfigError(f"--network {network!r} is not supported.", "use --network host (or leave it out)")
     cpus = getattr(args, "cpus", None)
     if cpus is not None and cpus <= 0:

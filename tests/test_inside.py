@@ -283,7 +283,7 @@ def test_gpus_reach_the_docker_api_as_device_requests(byoc, tmp_path):
     """No GPU here: the request the Docker API received, read back from the created container."""
     from local_mode.job import create_run_dir, prepare_local
 
-    for gpus, expected in (("all", {"Count": -1, "DeviceIDs": None}), ("0,2", {"Count": 0, "DeviceIDs": ["0", "2"]})):
+    for gpus, expected in (("all", {"Count": -1, "DeviceIDs": []}), ("0,2", {"Count": 0, "DeviceIDs": ["0", "2"]})):
         spec = JobSpec(image=byoc(), channels=[Channel("train", str(SAMPLE / "xgboost" / "train"))],
                        job_name=job_name_for("gpus"), instance_type="local_gpu")
         prepare_local(spec)
