@@ -32,12 +32,12 @@ push_opts = $(if $(IMAGE),--image $(IMAGE)) $(if $(REGION),--region $(REGION)) $
             $(if $(REGISTRY),--registry $(REGISTRY))
 
 .DEFAULT_GOAL := help
-.PHONY: help venv venv-sdk3 engine bases test test-fast demo build push list doctor local train-cloud bench lock clean \
+.PHONY: help venv venv-sdk3 engine bases test test-fast demo build push list doctor local shell check train-cloud bench lock clean \
         registry registry-stop
 
 help:
 	@sed -n '2,13p' Makefile | sed 's/^# \{0,1\}//'
-	@echo "targets: demo test build push list doctor local train-cloud registry registry-stop bench bases engine venv lock clean"
+	@echo "targets: demo test build push list doctor local shell check train-cloud registry registry-stop bench bases engine venv lock clean"
 
 venv:
 	@tools/ensure-venv.sh requirements.lock $(VENV)
@@ -73,6 +73,14 @@ doctor: venv
 
 local: venv engine
 	$(PY) -m local_mode run $(if $(IMAGE),--image $(IMAGE)) $(ARGS)
+
+# A shell in the job's exact container (/opt/ml, SM_* environment; docs/debugging.md): make shell IMAGE=xgboost
+shell: venv engine
+	$(PY) -m local_mode run $(if $(IMAGE),--image $(IMAGE)) --shell $(ARGS)
+
+# The SageMaker-contract check of any training image: make check IMAGE=xgboost (or IMAGE=<any image reference>)
+check: venv engine
+	$(PY) build.py check $(if $(IMAGE),$(IMAGE),$(error make check needs IMAGE=<name or image reference>)) $(ARGS)
 
 train-cloud: venv
 	$(PY) -m local_mode run --cloud $(if $(IMAGE),--image $(IMAGE)) $(if $(REGION),--region $(REGION)) $(ARGS)
