@@ -23,6 +23,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from local_mode import interrupt
 from local_mode.direct import DirectJob, Mount
 from local_mode.job import JobSpec, create_run_dir, prepare_local
 from smkit import catalog, console, engine
@@ -81,7 +82,13 @@ def enter(spec: JobSpec, runs_dir: Path, command: str | None = None, *, interact
             console.step(f"shell in {spec.image} as {job.hosts[0]} of {len(job.hosts)} (contract {job.dialect}); "
                          "`exit` ends it")
         argv = [docker, "start", "--attach", *(["--interactive"] if interactive else []), first.name]
-        return subprocess.call(argv)
+        # SIGTERM/SIGHUP (a CI timeout, a closed terminal) must not leave the container behind: they raise
+        # Interrupted here, subprocess.call kills the client, and the finally below removes the container.
+        with interrupt.signals_interrupt():
+            return subprocess.call(argv)
+    except interrupt.Interrupted as exc:
+        console.err.print(f"[red]{interrupt.reason(exc)}[/]: the container is removed")
+        return exc.exit_code
     finally:
         job.cleanup()
         from local_mode.cleanup import remove_tree

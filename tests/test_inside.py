@@ -138,6 +138,29 @@ def test_exec_sees_the_job_environment_and_returns_its_exit_code(tutorial, runs)
     assert leftovers(tutorial) == []
 
 
+def test_exec_stopped_by_sigterm_leaves_no_container(tutorial, runs):
+    """A CI timeout's SIGTERM to the CLI: the container goes with it."""
+    from smkit import engine
+
+    process = subprocess.Popen([PY, "-m", "local_mode", "run", "--image", tutorial, "--channel",
+                                f"train={SAMPLE / 'xgboost' / 'train'}", "--runs-dir", str(runs), "--exec", "sleep 120"],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any(
+                c.status == "running" for c in engine.client().containers.list(filters={"label": "smkit.job"})
+                if tutorial in (c.image.tags or [])):
+            time.sleep(0.3)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 128 + signal.SIGTERM, err
+    assert "interrupted (SIGTERM)" in err
+    assert leftovers(tutorial) == [] and list(runs.iterdir()) == []
+
+
 def test_exec_two_hosts_shows_both_hosts(tutorial, runs):
     done = cli("run", "--image", tutorial, "--channel", f"train={SAMPLE / 'xgboost' / 'train'}", "--instance-count", "2",
                "--sdk", "v3", "--runs-dir", str(runs), "--exec", "cat /opt/ml/input/config/resourceconfig.json")
