@@ -1,6 +1,7 @@
-"""Running a training job the three ways the benchmarks compare: SageMaker SDK local mode (v2 or v3,
-through local_mode.run_local), a plain `docker run <image> train` with the /opt/ml layout written by
-hand (tests/sagemaker_run.py), and the script as plain Python."""
+"""Running a training job for a benchmark through local_mode's run layer, and measuring it: SageMaker SDK
+local mode (v2 or v3) or the direct backend (local_mode.run), or the direct backend's handle with a memory
+limit and the container's memory sampled (start_direct). The script as plain Python is run by the
+benchmarks themselves (bench.common.run_measured)."""
 
 from __future__ import annotations
 
@@ -36,17 +37,18 @@ class Job:
 
 
 def local_job(ctx: Context, image: str, channels: list, hyperparameters: dict, sdk: str = "v2", instances: int = 1,
-              stamp: bool = False, timeout: float = 1200) -> Job:
-    """One job in SageMaker SDK local mode; `stamp` records the log lines with their arrival times."""
-    from local_mode import JobSpec, run_local
+              stamp: bool = False, timeout: float = 1200, backend: str = "sdk") -> Job:
+    """One job through local_mode.run (`backend` sdk or direct; `sdk` picks the SDK, or the direct
+    backend's contract dialect); `stamp` records the log lines with their arrival times."""
+    from local_mode import JobSpec, run
 
     spec = JobSpec(image=image, channels=list(channels), hyperparameters=dict(hyperparameters), instance_count=instances,
                    sdk=sdk, region="us-east-1")
-    python = HOST_PYTHON if sdk == "v2" else str(SDK3_PYTHON)
+    options = {"python": HOST_PYTHON if sdk == "v2" else str(SDK3_PYTHON)} if backend == "sdk" else {}
     stamped = StampedConsole(echo=ctx.cfg.verbose)
     started = time.monotonic()
     with stamped.active() if stamp else contextlib.nullcontext():
-        result = run_local(spec, runs_dir=ctx.work("runs"), python=python, timeout=timeout, stream=stamp)
+        result = run(spec, backend, runs_dir=ctx.work("runs"), timeout=timeout, stream=stamp, **options)
     wall = time.monotonic() - started
     lines = stamped.lines if stamp else [(0.0, line) for line in result.log().splitlines()]
     job = Job(wall=wall, ok=result.ok, lines=lines, metrics=dict(result.metrics),
@@ -67,18 +69,23 @@ def _cgroup_dir(container_id: str) -> Path | None:
 
 def docker_job(image: str, root: Path, channels: dict[str, Path], hyperparameters: dict, mem_limit: str | None = None,
                content_types: dict[str, str] | None = None, timeout: float = 1800, poll_memory: bool = False) -> Job:
-    """`docker run <image> train` exactly as SageMaker starts it (tests/sagemaker_run), waited for and removed."""
-    from tests import sagemaker_run
+    """One container started as SageMaker starts it (the direct backend's handle, network disabled), with an
+    optional memory limit and its memory sampled from its cgroup; waited for and removed."""
+    from local_mode import Channel, JobSpec
+    from local_mode.direct import start_direct
 
+    spec = JobSpec(image=image, hyperparameters=dict(hyperparameters), sdk="v3", region="us-east-1",
+                   channels=[Channel(name, str(path), (content_types or {}).get(name)) for name, path in channels.items()])
     started = time.monotonic()
-    job = sagemaker_run.start(image, root, channels, hyperparameters, content_types=content_types, mem_limit=mem_limit)
+    job = start_direct(spec, runs_dir=root, stream=False, mem_limit=mem_limit)
+    (container,) = job.containers.values()
     peak: dict[str, int] = {}
     done = threading.Event()
 
     def poll() -> None:
         directory = None
         while not done.is_set():
-            directory = directory or _cgroup_dir(job.container.id)
+            directory = directory or _cgroup_dir(container.id)
             if directory is not None:
                 try:
                     stat = dict(line.split() for line in (directory / "memory.stat").read_text().splitlines())
@@ -94,20 +101,19 @@ def docker_job(image: str, root: Path, channels: dict[str, Path], hyperparameter
     if poller:
         poller.start()
     try:
-        try:
-            code = job.wait(timeout=timeout)
-        except Exception as exc:  # noqa: BLE001 - a timeout of the wait: stop the container
-            job.remove()
-            raise BenchError(f"docker run {image} did not finish within {timeout:.0f}s ({exc})") from None
-        job.container.reload()
-        oom = bool(job.container.attrs.get("State", {}).get("OOMKilled"))
+        code = job.wait(timeout=timeout)
+        result = job.finish()
     finally:
         done.set()
         if poller:
             poller.join()
-        job.remove()
+        job.cleanup()
+    if code is None:
+        raise BenchError(f"the direct job of {image} did not finish within {timeout:.0f}s")
     wall = time.monotonic() - started
-    lines = [(0.0, line) for line in job.logs.splitlines()]
-    failure = job.failure()
+    lines = [(0.0, line) for line in job.logs().splitlines()]
+    oom = bool(result.extra.get("oom_killed"))
+    failure = result.failure_reason
     return Job(wall=wall, ok=code == 0, lines=lines, returncode=code, oom_killed=oom, peak_memory=peak,
+               metrics=dict(result.metrics),
                detail=f"exit {code}" + (" (OOM-killed)" if oom else "") + (f": {failure}" if failure else ""))

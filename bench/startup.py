@@ -1,10 +1,10 @@
 """Local-mode start-up: what SageMaker SDK local mode (v2 and v3) costs on top of starting the same
-container by hand as SageMaker does (`docker run <image> train` with the /opt/ml layout written by
-tests/sagemaker_run.py), on the same image and tiny data (the bundled sample, one boosting round)."""
+container as SageMaker does through the Docker API (local_mode's direct backend: `docker run <image> train`
+with the /opt/ml layout written by local_mode/contract.py), on the same image and tiny data (the bundled
+sample, one boosting round). The variant key `docker_run` is the direct backend."""
 
 from __future__ import annotations
 
-import shutil
 from typing import Any
 
 from bench import jobs
@@ -13,9 +13,9 @@ from bench.common import (HOST_PYTHON, SDK3_PYTHON, Config, fmt_s, fmt_x, interl
 from bench.context import Context
 
 NAME = "startup"
-TITLE = "Local-mode start-up: SDK v2 and v3 versus a plain docker run"
+TITLE = "Local-mode start-up: SDK v2 and v3 versus the direct backend (a plain docker run)"
 VARIANTS = ["docker_run", "sdk_v2", "sdk_v3"]
-LABELS = {"docker_run": "`docker run <image> train` (by hand)", "sdk_v2": "SDK v2 local mode",
+LABELS = {"docker_run": "direct backend (`docker run <image> train` via the Docker API)", "sdk_v2": "SDK v2 local mode",
           "sdk_v3": "SDK v3 local mode"}
 # Parts of the SDK overhead, timed on their own in the same repeats: a fresh Python importing what the
 # local-mode driver imports, and one start of the docker-compose program the SDK runs.
@@ -49,9 +49,7 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
             continue
         ctx.probe.sample()
         if variant == "docker_run":
-            root = ctx.work("startup") / f"r{repeat}"
-            job = jobs.docker_job(image, root, {"train": train}, hps, content_types={"train": "text/csv"})
-            shutil.rmtree(root, ignore_errors=True)
+            job = jobs.local_job(ctx, image, [Channel("train", str(train), "text/csv")], hps, sdk="v2", backend="direct")
         else:
             job = jobs.local_job(ctx, image, [Channel("train", str(train), "text/csv")], hps, sdk=variant[-2:])
         job.check(f"start-up run {variant}")
@@ -104,7 +102,7 @@ def render(result: dict[str, Any]) -> str:
                  f"({split}): the rest is the SDK writing the compose file, compose creating a network and the "
                  "containers and tearing them down, the SDK packaging model and output, and local_mode's own "
                  "driver process and clean-up. A runner that keeps the SDK imported between jobs and starts the "
-                 "containers through the Docker API (as tests/sagemaker_run does) would bring a job close to the "
+                 "containers through the Docker API (the direct backend, `--backend direct`) brings a job close to the "
                  f"docker-run time; `docker run` itself ({fmt_s(per['docker_run']['median'])} here: create, start, "
                  "the toolkit and the script, remove) is the floor."]
     return "\n".join(text)

@@ -1,7 +1,7 @@
 """XGBoost beyond memory: a data set larger than the container's memory limit (Docker mem_limit) trains
 to completion through the script's external-memory path (`external_memory=true`,
 ExtMemQuantileDMatrix), and its time is compared with in-memory training of the same data in a
-container with a generous limit. The image runs exactly as SageMaker starts it (tests/sagemaker_run).
+container with a generous limit. The image runs exactly as SageMaker starts it (local_mode's direct backend).
 
 The limit is the first of a ladder (400 MiB, 512 MiB, 768 MiB) under which the external-memory path
 completes. Two controls then run once under that limit: in-memory training (it must be OOM-killed, or

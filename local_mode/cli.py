@@ -277,7 +277,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--checkpoint-local-path", help="checkpoint directory inside the container (default /opt/ml/checkpoints)")
     run.add_argument("--timeout", type=float, help="stop waiting (and stop the containers) after this many seconds")
     run.add_argument("--runs-dir", default=str(RUNS_DIR), help=f"where local runs keep log and artifacts (default {RUNS_DIR})")
-    run.add_argument("--keep", action="store_true", help="keep the SDK's scratch directories of a local run")
+    run.add_argument("--keep", action="store_true",
+                     help="keep the scratch directories of a local run (the SDK's, or direct's work/: config, model, output per host)")
     run.add_argument("--quiet", action="store_true", help="do not stream the container log (it is still saved)")
     run.add_argument("--dry-run", action="store_true",
                      help="print the SDK call (sdk), the containers and config files (direct) or the CreateTrainingJob "

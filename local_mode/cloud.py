@@ -157,8 +157,9 @@ def submit_v3(spec: JobSpec) -> None:
         trainer = trainer.with_checkpoint_config(CheckpointConfig(s3_uri=spec.checkpoint_s3_uri, local_path=spec.checkpoint_local_path))
     if spec.metric_definitions:
         trainer = trainer.with_metric_definitions([MetricDefinition(name=m["Name"], regex=m["Regex"]) for m in spec.metric_definitions])
-    channels = [InputData(channel_name=c.name, data_source=c.source,
-                          **({"content_type": c.content_type} if c.content_type else {})) for c in spec.channels]  # v3 refuses None
+    # content_type only when set: InputData refuses None.
+    channels = [InputData(channel_name=c.name, data_source=c.source, **({"content_type": c.content_type} if c.content_type else {}))
+                for c in spec.channels]
     trainer.train(input_data_config=channels, wait=False, logs=False)
     spec.job_name = trainer._latest_training_job.training_job_name  # v3 appends its own timestamp
 

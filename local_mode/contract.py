@@ -116,12 +116,16 @@ def write_config(config_dir: Path, *, host: str, hosts: list[str], spec, dialect
         (config_dir / name).write_text(json.dumps(content))
 
 
-def environment(spec, region: str) -> dict[str, str]:
-    """What the platform adds to the container's environment: the job name and region (both SDKs), then
-    the job's own variables (they win, as in the SDKs). Not copied: the SDKs also pass the session's AWS
-    credentials (placeholders in local_mode's sandbox) and v2 the S3 endpoint; a direct run hands no
+def environment(spec, region: str, dialect: str) -> dict[str, str]:
+    """What SDK local mode adds to the container's environment: the job name, and in v2 the region (v3
+    sets AWS_REGION only when it has a session, which local mode with local data never has); then the
+    job's own variables (they win, as in the SDKs). Not copied: SDK v2 also passes the session's AWS
+    credentials (placeholders in local_mode's sandbox) and an S3 endpoint; a direct run hands no
     credentials to a container."""
-    return {"TRAINING_JOB_NAME": spec.job_name, "AWS_REGION": region, **(spec.environment or {})}
+    platform = {"TRAINING_JOB_NAME": spec.job_name}
+    if dialect == "v2":
+        platform["AWS_REGION"] = region
+    return {**platform, **(spec.environment or {})}
 
 
 def _copy_merged(source: Path, destination: Path) -> None:

@@ -26,6 +26,7 @@ whatever a crash leaves behind can be found and removed (`python -m local_mode c
 from __future__ import annotations
 
 import queue
+import secrets
 import threading
 import time
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from local_mode import artifacts, cleanup, contract, interrupt
 from local_mode.job import RUNS_DIR, JobSpec, create_run_dir, prepare_local
 from local_mode.result import JobResult
 from smkit import console, engine
+from smkit.errors import ToolkitError
 
 STOP_GRACE = 10  # seconds between SIGTERM and SIGKILL when the first host's exit stops the others (compose's default)
 
@@ -82,6 +84,7 @@ class DirectJob:
         self.dialect = dialect or contract.resolve_dialect(spec.sdk)
         self.keep_work = keep_work
         self.hosts = contract.host_names(spec.instance_count, self.dialect)
+        self.token = secrets.token_hex(3)  # container and network names stay unique even if job names repeat
         self.work = self.run_dir / "work"
         self.log_path = self.run_dir / "log.txt"
         self.containers: dict[str, Any] = {}  # host -> docker Container
@@ -166,12 +169,12 @@ class DirectJob:
         self._log_file = open(self.log_path, "a", buffering=1)
         try:
             if len(self.hosts) > 1 or self.network:
-                self.network_name = f"smkit-{self.spec.job_name}"
+                self.network_name = f"smkit-{self.spec.job_name}-{self.token}"
                 client.networks.create(self.network_name, driver="bridge", internal=not self.network, labels=self.labels)
-            environment = contract.environment(self.spec, self.spec.region or "us-east-1")
+            environment = contract.environment(self.spec, self.spec.region or "us-east-1", self.dialect)
             for host in self.hosts:
                 options: dict[str, Any] = dict(
-                    image=self.spec.image, command=self.command, name=f"smkit-{self.spec.job_name}-{host}",
+                    image=self.spec.image, command=self.command, name=f"smkit-{self.spec.job_name}-{self.token}-{host}",
                     hostname=host, labels={**self.labels, "smkit.host": host}, environment=environment,
                     volumes=self._volumes(host), mem_limit=self.mem_limit, detach=True,
                 )
@@ -390,8 +393,9 @@ class DirectJob:
         if self._log_file:
             self._log_file.close()
             self._log_file = None
-        cleanup.remove_containers(cleanup.JOB_LABEL, self.spec.job_name)
-        cleanup.remove_networks(cleanup.JOB_LABEL, self.spec.job_name)
+        run_dir = str(self.run_dir.resolve())
+        cleanup.remove_containers(cleanup.RUN_DIR_LABEL, run_dir)
+        cleanup.remove_networks(cleanup.RUN_DIR_LABEL, run_dir)
         if not self.keep_work:
             try:
                 cleanup.remove_tree(self.work, self.spec.image)
@@ -405,6 +409,13 @@ class DirectJob:
         self.cleanup()
 
 
+def start_direct(spec: JobSpec, runs_dir: Path = RUNS_DIR, **options) -> DirectJob:
+    """Prepare the job (name, region, checks), create its run directory and start it; the caller waits,
+    stops and finishes it (tests, benchmarks, watch mode). Options: see DirectJob."""
+    prepare_local(spec)
+    return DirectJob(spec, create_run_dir(runs_dir, spec), **options).start()
+
+
 def run_direct(spec: JobSpec, runs_dir: Path = RUNS_DIR, timeout: float | None = None, stream: bool = True,
                keep_work: bool = False, **options) -> JobResult:
     """Run `spec` with the direct backend and wait for it (options: see DirectJob). On SIGINT/SIGTERM/
@@ -416,7 +427,11 @@ def run_direct(spec: JobSpec, runs_dir: Path = RUNS_DIR, timeout: float | None =
     console.step(f"direct run {spec.job_name}: {spec.image} x{spec.instance_count} (contract {job.dialect}, "
                  f"network {'on' if job.network else 'off'})")
     try:
-        job.start()
+        try:
+            job.start()
+        except docker.errors.APIError as exc:
+            raise ToolkitError(f"Docker refused to start the job's containers: {exc.explanation or exc}",
+                               "check `docker info` and the image; `python -m local_mode clean` removes leftovers") from None
         job.wait(timeout)
     except (interrupt.Interrupted, KeyboardInterrupt) as exc:
         job.stop(reason=interrupt.reason(exc))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -80,7 +81,7 @@ def run_v3(spec: JobSpec, work: Path, output: Path) -> dict:
         role=spec.role,
         base_job_name=spec.job_name.rsplit("-", 3)[0] or "job",
     )
-    # content_type only when set: v3's InputData refuses None.
+    # content_type only when set: InputData refuses None.
     channels = [InputData(channel_name=c.name, data_source=str(Path(c.source).resolve()),
                           **({"content_type": c.content_type} if c.content_type else {}))
                 for c in spec.channels]
@@ -104,6 +105,8 @@ def run_v3(spec: JobSpec, work: Path, output: Path) -> dict:
 
 
 def main(run_dir: str) -> int:
+    # The runner stops a job with SIGINT: KeyboardInterrupt here even if this process inherited SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     run = Path(run_dir)
     spec = JobSpec.from_json((run / "spec.json").read_text())
     # docker compose names its project after this directory: unique per job, so concurrent runs never share containers.

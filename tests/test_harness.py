@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import xgboost as xgb
 
-from local_mode import Channel, JobSpec, run_local
+from local_mode import Channel, JobSpec, run
 from smkit import standin
 
 pytestmark = pytest.mark.docker
@@ -57,7 +57,7 @@ def test_standin_is_cached_by_the_hash_of_its_inputs(docker_client, standin_xgbo
 
 
 def test_tiny_image_trains_in_sdk_local_mode(tiny_image, tmp_path):
-    result = run_local(
+    result = run(
         JobSpec(image=tiny_image, channels=[Channel("train", str(SAMPLE / "train"))], hyperparameters={"num_round": 20}),
         runs_dir=tmp_path, stream=False, timeout=300,
     )
@@ -77,7 +77,7 @@ def test_tiny_image_trains_in_sdk_local_mode(tiny_image, tmp_path):
 
 
 def test_failing_job_reports_the_scripts_reason(tiny_image, tmp_path):
-    result = run_local(
+    result = run(
         JobSpec(image=tiny_image, channels=[Channel("train", str(SAMPLE / "train"))], hyperparameters={"fail": True}),
         runs_dir=tmp_path, stream=False, timeout=300,
     )

@@ -18,7 +18,8 @@ from sklearn.datasets import load_breast_cancer, load_digits
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 
-from local_mode import Channel, JobSpec, run_local
+from local_mode import Channel, JobSpec
+from local_mode import run as run_job
 from smkit import catalog, images
 
 pytestmark = pytest.mark.docker
@@ -43,7 +44,7 @@ def split(X, y, seed=0):
 def run(image: str, channels: dict[str, Path], hyperparameters: dict, runs: Path, hosts: int = 1, sdk: str = "v2"):
     spec = JobSpec(image=image, channels=[Channel(n, str(p)) for n, p in channels.items()],
                    hyperparameters=hyperparameters, instance_count=hosts, sdk=sdk)
-    return run_local(spec, runs_dir=runs, python=SDK3_PYTHON if sdk == "v3" else None, stream=False, timeout=600)
+    return run_job(spec, "sdk", runs_dir=runs, python=SDK3_PYTHON if sdk == "v3" else None, stream=False, timeout=600)
 
 
 def unpack(result, into: Path) -> Path:

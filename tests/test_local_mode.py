@@ -14,8 +14,9 @@ from pathlib import Path
 import boto3
 import pytest
 
-from local_mode import Channel, JobSpec, run_local
+from local_mode import Channel, JobSpec, run
 from local_mode.artifacts import parse_metrics
+from local_mode.cleanup import RUN_DIR_LABEL
 from local_mode.runner import COMPOSE_DIR_LABEL
 
 pytestmark = pytest.mark.docker
@@ -69,8 +70,40 @@ def test_cli_local_run_summary_matches_the_files(sdk, tiny_image, tmp_path, dock
     assert leftover_containers(docker_client, run_dir) == []
 
 
-def test_failed_job_exits_non_zero_with_its_reason(tiny_image, tmp_path):
-    proc = cli("run", "--image", tiny_image, "--channel", f"train={SAMPLE / 'train'}", "--hp", "fail=true",
+def test_cli_direct_run_summary_matches_the_files(tiny_image, tmp_path, docker_client):
+    proc = cli("run", "--backend", "direct", "--image", tiny_image, "--channel", f"train={SAMPLE / 'train'}",
+               "--hp", "num_round=7", "--runs-dir", str(tmp_path), "--quiet", env={"COLUMNS": "60"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (run_dir,) = list(tmp_path.iterdir())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "Completed" and summary["backend"] == "direct" and summary["sdk"] is None
+    assert summary["extra"]["network"] == "none"  # one host: no network unless --network
+    final, _ = parse_metrics((run_dir / "log.txt").read_text())
+    assert summary["metrics"] == final and "train:auc" in final
+    assert "(direct, contract v2)" in proc.stdout and summary["model_artifact"] in proc.stdout
+    with tarfile.open(summary["model_artifact"]) as archive:
+        assert "xgboost-model.ubj" in archive.getnames()
+    # The scratch directory (root-owned files) is gone, and so are the containers.
+    assert sorted(p.name for p in run_dir.iterdir()) == ["log.txt", "output", "spec.json", "summary.json"]
+    assert docker_client.containers.list(all=True, filters={"label": f"{RUN_DIR_LABEL}={run_dir.resolve()}"}) == []
+
+
+def test_cli_backend_options_are_checked(tmp_path):
+    proc = cli("run", "--image", "x:1", "--channel", f"train={SAMPLE / 'train'}", "--network", "--runs-dir", str(tmp_path))
+    assert proc.returncode == 2 and "--network applies to the direct backend only" in proc.stderr and "fix:" in proc.stderr
+    proc = cli("run", "--image", "x:1", "--cloud", "--backend", "direct", "--channel", "train=s3://b/t")
+    assert proc.returncode == 2 and "--cloud contradicts --backend direct" in proc.stderr
+    dry = cli("run", "--backend", "direct", "--dry-run", "--image", "x:1", "--channel", f"train={SAMPLE / 'train'}",
+              "--hp", "flag=true", "--sdk", "v3", "--instance-count", "2")
+    assert dry.returncode == 0, dry.stderr
+    assert '/opt/ml/input/config/hyperparameters.json: {"flag": "true"}' in dry.stdout
+    assert '"hosts": ["algo-1", "algo-2"], "network_interface_name": "ethwe"' in dry.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("backend", ["sdk", "direct"])
+def test_failed_job_exits_non_zero_with_its_reason(backend, tiny_image, tmp_path):
+    proc = cli("run", "--backend", backend, "--image", tiny_image, "--channel", f"train={SAMPLE / 'train'}", "--hp", "fail=true",
                "--runs-dir", str(tmp_path), "--quiet")
     assert proc.returncode == 1
     assert "Failed" in proc.stdout
@@ -94,17 +127,19 @@ def test_local_run_makes_no_network_call_beyond_loopback(tiny_image, tmp_path):
     assert "Applied value from config key = SageMaker.PythonSDK.Modules.TelemetryOptOut" in log
 
 
-def test_timeout_stops_the_job_and_its_containers(tiny_image, tmp_path, docker_client):
+@pytest.mark.parametrize("backend", ["sdk", "direct"])
+def test_timeout_stops_the_job_and_its_containers(backend, tiny_image, tmp_path, docker_client):
     spec = JobSpec(image=tiny_image, channels=[Channel("train", str(SAMPLE / "train"))], hyperparameters={"sleep": 600})
-    result = run_local(spec, runs_dir=tmp_path, stream=False, timeout=25)
-    assert result.status == "Stopped" and not result.ok
+    result = run(spec, backend, runs_dir=tmp_path, stream=False, timeout=25)
+    assert result.status == "Stopped" and not result.ok and result.stop_reason == "timeout after 25s"
     assert leftover_containers(docker_client, Path(result.run_dir)) == []
-    assert "stopped: timeout" in result.log()
+    assert docker_client.containers.list(all=True, filters={"label": f"{RUN_DIR_LABEL}={Path(result.run_dir).resolve()}"}) == []
+    assert "stopping: timeout" in result.log()
 
 
 def test_two_hosts_get_distinct_sorted_host_names(tiny_image, tmp_path):
     spec = JobSpec(image=tiny_image, channels=[Channel("train", str(SAMPLE / "train"))], instance_count=2)
-    result = run_local(spec, runs_dir=tmp_path, stream=False, timeout=300)
+    result = run(spec, "sdk", runs_dir=tmp_path, stream=False, timeout=300)
     assert result.ok, result.log()[-2000:]
     lines = [line.split("tiny: ", 1)[1] for line in result.log().splitlines() if "tiny: host " in line]
     assert len(lines) == 2
@@ -115,8 +150,10 @@ def test_two_hosts_get_distinct_sorted_host_names(tiny_image, tmp_path):
 def test_bad_local_inputs_are_refused_before_anything_runs(tiny_image, tmp_path):
     proc = cli("run", "--image", tiny_image, "--channel", "train=s3://bucket/train", "--runs-dir", str(tmp_path))
     assert proc.returncode == 2 and "local runs read local directories only" in proc.stderr and "fix:" in proc.stderr
-    proc = cli("run", "--image", "no-such-image:1", "--channel", f"train={SAMPLE / 'train'}", "--runs-dir", str(tmp_path))
-    assert proc.returncode == 2 and "is not in the local Docker engine" in proc.stderr
+    for backend in ("sdk", "direct"):
+        proc = cli("run", "--backend", backend, "--image", "no-such-image:1", "--channel", f"train={SAMPLE / 'train'}",
+                   "--runs-dir", str(tmp_path))
+        assert proc.returncode == 2 and "is not in the local Docker engine" in proc.stderr
     assert list(tmp_path.iterdir()) == []
 
 

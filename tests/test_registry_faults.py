@@ -16,7 +16,7 @@ import pytest
 from smkit import builder, registry
 from smkit.context import BuildContext
 from smkit.errors import RegistryError
-from tests.sagemaker_run import wait_for
+from tests.polling import wait_for
 from tests.servers import FaultyProxy, Registry
 
 pytestmark = pytest.mark.docker

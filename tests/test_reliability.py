@@ -5,8 +5,8 @@
    output/failure that names the file/column/parameter and says how to fix it, no traceback, no model.
    `python tests/test_reliability.py` runs the matrix and prints it as the markdown table of
    docs/reliability.md (test_documented_matrix_is_current fails when the two disagree).
-2. Spot interruption, through real containers started as SageMaker starts them (tests/sagemaker_run.py,
-   network disabled): killed midway (SIGTERM, SIGKILL 2 s later), restarted on the same checkpoint
+2. Spot interruption, through real containers started as SageMaker starts them (local_mode's direct
+   backend, network disabled): killed midway (SIGTERM, SIGKILL 2 s later), restarted on the same checkpoint
    directory with a torn newest checkpoint and a stray temporary file planted, it must resume from the
    last complete checkpoint and end bit-identical to a run that was never interrupted.
 3. Training without network, for both images.
@@ -36,6 +36,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
+from tests.polling import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = {
@@ -393,17 +395,33 @@ def saved_checkpoints(framework: str, directory: Path) -> list[int]:
 
 @dataclass
 class Run:
-    """A finished container: its exit code, log, directories and network mode."""
+    """A finished container: its exit code, log, directories (kept after the run) and network mode."""
 
-    code: int
+    code: int | None
     log: str
-    root: Path
+    model_dir: Path
+    output_dir: Path
+    checkpoint_dir: Path | None
     network_mode: str
     seconds: float
+    failure: str | None = None
 
     @property
     def model_files(self) -> list[str]:
-        return sorted(p.name for p in (self.root / "model").iterdir()) if (self.root / "model").exists() else []
+        return sorted(p.name for p in self.model_dir.iterdir()) if self.model_dir.exists() else []
+
+
+def start_job(image: str, runs: Path, channels: dict[str, Path], hyperparameters: dict,
+              checkpoint_dir: Path | None = None):
+    """One container started as SageMaker starts it (direct backend, network disabled); its directories
+    are kept after finish() for the assertions."""
+    from local_mode import Channel, JobSpec
+    from local_mode.direct import start_direct
+
+    spec = JobSpec(image=image, channels=[Channel(name, str(path)) for name, path in channels.items()],
+                   hyperparameters=hyperparameters, sdk="v3",
+                   checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None)
+    return start_direct(spec, runs_dir=runs, stream=False, keep_work=True)
 
 
 @dataclass
@@ -420,32 +438,36 @@ class Spot:
 def finish(job, started: float, timeout: float = 300) -> Run:
     try:
         code = job.wait(timeout)
-        job.container.reload()
-        mode = job.container.attrs["HostConfig"]["NetworkMode"]
+        (container,) = job.containers.values()
+        mode = container.attrs["HostConfig"]["NetworkMode"]
+        result = job.finish()
     finally:
-        job.remove()
-    return Run(code, job.logs, job.root, mode, time.monotonic() - started)
+        job.cleanup()
+    if result.stop_reason and result.stop_reason != "stopped":
+        code = None  # a timeout, not the job's own exit
+    elif result.stop_reason:
+        code = job.exit_codes[job.hosts[0]]  # stopped on purpose (the spot interruption): what it exited with
+    return Run(code, job.logs(), job.model_dir, job.output_dir(), job.checkpoint_dir, mode, time.monotonic() - started,
+               result.failure_reason)
 
 
 def run_spot(image: str, framework: str, root: Path) -> Spot:
-    from tests import sagemaker_run
-
     channels = spot_data(framework, root / "data")
     hps = SPOT_HYPERPARAMETERS[framework]
     name = CHECKPOINT_NAMES[framework]
 
     # The reference, a container that is never interrupted, runs beside the other two (one thread each).
     whole_started = time.monotonic()
-    whole_job = sagemaker_run.start(image, root / "whole", channels, hps, checkpoints=True)
+    whole_job = start_job(image, root / "whole", channels, hps, checkpoint_dir=root / "whole" / "checkpoints")
     try:
         # The interrupted run: stopped as soon as its first complete checkpoint exists.
         started = time.monotonic()
-        job = sagemaker_run.start(image, root / "job", channels, hps, checkpoints=True)
+        job = start_job(image, root / "job", channels, hps, checkpoint_dir=root / "job" / "checkpoints")
         try:
-            sagemaker_run.wait_for(lambda: saved_checkpoints(framework, job.checkpoint_dir)
-                                   or (job.container.reload() or job.container.status == "exited"),
-                                   timeout=240, interval=0.05)
-            job.container.stop(timeout=2)  # SIGTERM, then SIGKILL after 2 s: what a spot interruption does
+            (container,) = job.containers.values()
+            wait_for(lambda: saved_checkpoints(framework, job.checkpoint_dir)
+                     or (container.reload() or container.status == "exited"), timeout=240, interval=0.05)
+            job.stop(grace=2)  # SIGTERM, then SIGKILL after 2 s: what a spot interruption does
         finally:
             killed = finish(job, started)
         killed_at = saved_checkpoints(framework, job.checkpoint_dir)
@@ -459,13 +481,11 @@ def run_spot(image: str, framework: str, root: Path) -> Spot:
         stray = f".{name.format(last + 2 * CHECKPOINT_EVERY[framework])}.x7k2q9.tmp"
         (job.checkpoint_dir / stray).write_bytes(complete[:1000])
 
-        # The restart: a new container, the same checkpoint directory, fresh model and output directories.
-        (root / "job" / "model").rename(root / "killed-model")
-        (root / "job" / "output").rename(root / "killed-output")
+        # The restart: a new container (a new run: fresh model and output directories), the same checkpoint directory.
         started = time.monotonic()
-        resumed = finish(sagemaker_run.start(image, root / "job", channels, hps, checkpoints=True), started)
+        resumed = finish(start_job(image, root / "job", channels, hps, checkpoint_dir=job.checkpoint_dir), started)
     except BaseException:
-        whole_job.remove()
+        whole_job.cleanup()
         raise
     whole = finish(whole_job, whole_started)
     return Spot(whole, killed, resumed, killed_at, torn, stray, killed_model)
@@ -503,8 +523,8 @@ def test_training_without_network(spot, framework):
     expected = {"xgboost": ["model-metadata.json", "xgboost-model"],
                 "pytorch": ["model-config.json", "model.pt", "model.pt2", "model.ts"]}[framework]
     assert whole.model_files == expected
-    assert (whole.root / "output" / "data" / "evaluation.json").exists()
-    assert not (whole.root / "output" / "failure").exists()
+    assert (whole.output_dir / "data" / "evaluation.json").exists()
+    assert not (whole.output_dir / "failure").exists()
 
 
 CONTAINER_SHELL_VALUE = "$(touch /opt/ml/output/pwned-by-shell); `touch /opt/ml/output/pwned-by-shell`; x"
@@ -515,8 +535,6 @@ CONTAINER_SHELL_VALUE = "$(touch /opt/ml/output/pwned-by-shell); `touch /opt/ml/
 def test_shell_metacharacters_in_hyperparameters_never_run_in_the_container(built_images, framework, tmp_path):
     """The toolkit in the image passes hyperparameters to the script as arguments, never through a
     shell: a value that would create a file if a shell ran it is rejected by the script, and no file appears."""
-    from tests import sagemaker_run
-
     (tmp_path / "data").mkdir()
     if framework == "xgboost":
         (tmp_path / "data" / "a.csv").write_text(XGB_CSV)
@@ -524,10 +542,10 @@ def test_shell_metacharacters_in_hyperparameters_never_run_in_the_container(buil
     else:
         (tmp_path / "data" / "a.npz").write_bytes(npz_bytes(X=X_SMALL, y=Y_SMALL))
         hps = {"epochs": 1, "num_threads": 1, "task": CONTAINER_SHELL_VALUE}
-    job = sagemaker_run.start(built_images[framework], tmp_path / "job", {"train": tmp_path / "data"}, hps)
+    job = start_job(built_images[framework], tmp_path / "runs", {"train": tmp_path / "data"}, hps)
     run = finish(job, time.monotonic(), timeout=180)
-    assert run.code != 0, run.log[-3000:]
-    reason = job.failure() or ""
+    assert run.code not in (0, None), run.log[-3000:]
+    reason = run.failure or ""
     assert ("eval_metric" if framework == "xgboost" else "task='$(touch /opt/ml/output/pwned-by-shell)") in reason, reason
     assert not list(tmp_path.rglob("pwned*")), "a hyperparameter value was run by a shell"
     assert run.model_files == []
@@ -556,7 +574,7 @@ def test_spot_interruption_resumes_to_the_identical_model(spot, framework):
     assert run.killed.network_mode == "none"
     assert run.killed_at and run.killed_at[-1] < total, run.killed_at
     assert run.killed_model == [], "a killed run must leave no model"
-    assert not (run.killed.root.parent / "killed-output" / "success").exists()
+    assert not (run.killed.output_dir / "success").exists()
     last = run.killed_at[-1]
 
     # The restart skipped the torn newest checkpoint and the temporary file, and went on from the last complete one.
@@ -571,13 +589,13 @@ def test_spot_interruption_resumes_to_the_identical_model(spot, framework):
         assert f"resumed from the checkpoint of epoch {last} in /opt/ml/checkpoints" in log
         assert f"[epoch {last + 1}] " in log and f"[epoch {last}] " not in log
     assert run.stray not in log
-    checkpoint_dir = run.resumed.root / "checkpoints"
+    checkpoint_dir = run.resumed.checkpoint_dir
     assert saved_checkpoints(framework, checkpoint_dir)[-1] == total  # the torn file was replaced by a real one
     assert (checkpoint_dir / run.stray).exists()  # never loaded, never mistaken for a checkpoint
 
     # The same model as the run that never stopped, bit for bit.
     assert run.whole.code == 0, run.whole.log[-3000:]
-    ours, theirs = (load_model_state(framework, r.root / "model") for r in (run.resumed, run.whole))
+    ours, theirs = (load_model_state(framework, r.model_dir) for r in (run.resumed, run.whole))
     if framework == "xgboost":
         assert ours.num_boosted_rounds() == theirs.num_boosted_rounds() == total
         assert ours.get_dump(dump_format="json") == theirs.get_dump(dump_format="json")
@@ -695,10 +713,7 @@ def test_written_files_are_never_code_running_pickles(spot):
     kinds: dict[str, set[str]] = {}
     for framework in ("xgboost", "pytorch"):
         run = spot(framework)
-        root = run.whole.root.parent
-        directories = [root / "whole" / d for d in ("model", "output", "checkpoints")]
-        directories += [root / "job" / d for d in ("model", "output", "checkpoints")]
-        directories += [root / "killed-model", root / "killed-output"]
+        directories = [d for r in (run.whole, run.killed, run.resumed) for d in (r.model_dir, r.output_dir, r.checkpoint_dir)]
         for directory in directories:
             for path in sorted(p for p in directory.rglob("*") if p.is_file()):
                 if path.name.startswith("."):  # a temporary file of a save: never loaded (name checked)
