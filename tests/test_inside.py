@@ -124,7 +124,8 @@ def test_shell_in_a_pseudo_terminal_shows_the_jobs_layout(tutorial, runs):
     assert '{"num_round": "3"}' in text  # SDK v2's form: every value a string
     # the commands to run by hand, as the image's toolkit (sagemaker-training) builds them
     assert "the whole job:  train" in text
-    assert re.search(r"the script:\s+cd /opt/ml/code && \S*python3? train\.py --num_round 3", text), text
+    # sagemaker-training: `python train.py ...`; the legacy sagemaker-containers: `python -m train ...`
+    assert re.search(r"the script:\s+cd /opt/ml/code && \S*python3? (train\.py|-m train) --num_round 3", text), text
     assert leftovers(tutorial) == [] and list(runs.iterdir()) == []
 
 
@@ -446,3 +447,23 @@ def test_check_unit_garbage_keeps_names(tmp_path):
         assert b"not data" in next(Path(copy.source).iterdir()).read_bytes()
     with pytest.raises(ConfigError):
         ImageCheck("x:y", channels, only=["nonsense"])
+
+
+def test_runtime_options_unit():
+    from local_mode.instance_types import INSTANCE_TYPES, lookup
+
+    assert lookup("ml.m5.large").memory_bytes == 8 * 2**30 and lookup("ml.g5.xlarge").gpus == 1
+    assert all(t.vcpus > 0 and t.memory_gib > 0 for t in INSTANCE_TYPES.values())
+    with pytest.raises(ConfigError) as unknown:
+        lookup("ml.x9.huge")
+    assert "--memory 8g --cpus 2" in unknown.value.fix
+    options = RuntimeOptions(shm_size="2g", memory="1g", cpus=0.5, publish=["127.0.0.1:8888:8888", "6006"],
+                             network_host=True, instance_type=lookup("ml.m5.xlarge")).docker_options()
+    assert options["shm_size"] == "2g" and options["mem_limit"] == "1g" and options["nano_cpus"] == 500_000_000
+    assert options["ports"] == {"8888/tcp": ("127.0.0.1", 8888), "6006/tcp": None}
+    assert options["network_mode"] == "host" and options["network"] is None
+    assert runtime.parse_gpus("device=0,1") == "0,1"
+    for bad, call in (("two", lambda: runtime.parse_gpus("two")), ("lots", lambda: runtime.parse_size("lots", "--shm-size")),
+                      ("x:y", lambda: RuntimeOptions(publish=["x:y"]).ports())):
+        with pytest.raises(ConfigError):
+            call()
