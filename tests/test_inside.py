@@ -416,9 +416,9 @@ def test_check_tutorial_and_reference_images(tutorial, reference_images, tmp_pat
     for image, args in cases:
         done = run_check(image, *args)
         results = outcome(done)
-        assert {k for k, v in results.items() if v != "PASS"} <= {"sigterm"}, (image, done.stdout)
-        if results["sigterm"] != "PASS":
-            assert "sagemaker-training-toolkit#125" in done.stdout and "tini" in done.stdout
+        assert {k for k, v in results.items() if v != "PASS"} == {"sigterm"}, (image, done.stdout)
+        assert results["sigterm"] == "FAIL" and done.returncode == 1
+        assert "sagemaker-training-toolkit#125" in done.stdout and "tini" in done.stdout
 
 
 @pytest.fixture(scope="module")
