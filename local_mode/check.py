@@ -73,9 +73,10 @@ CHECKS = (
           "that is only the toolkit's generic ExecuteUserScriptError is pointed out, and so is a model left behind",
           "only one kind of bad input (unreadable files) is tried"),
     Check("sigterm", "stops within the grace period on SIGTERM (SageMaker's stop)",
-          "starts the job, sends SIGTERM to the container (what `docker stop`, StopTrainingJob and a spot interruption "
-          "send) shortly after its first log line, and waits the grace period (SageMaker waits 120 s, then kills)",
-          "a job that ends before the signal arrives leaves the check undetermined (give it data that take longer)"),
+          "once the job is under way, reads how its PID 1 treats SIGTERM (the kernel drops a signal sent to a "
+          "container's PID 1 unless it has a handler), then sends SIGTERM (what `docker stop`, StopTrainingJob and a "
+          "spot interruption send) and waits the grace period (SageMaker waits 120 s, then kills)",
+          "that the script saves anything on SIGTERM; a job that ends before the signal leaves it undetermined"),
     Check("two-hosts", "runs with a two-host configuration (hosts, current host)",
           "two containers on a network of their own, each with resourceconfig.json listing both hosts under "
           "SDK-v2-style names (algo-1-xxxxx: never the literal algo-1) and its own current_host; the job must complete",
@@ -243,8 +244,7 @@ class ImageCheck:
         outcomes["model"] = self.check_model(good) if completed else self._skipped("model", "completes")
         outcomes["bad-input"] = self.check_bad_input(garbage) if garbage else self._skipped("bad-input", "completes")
         if "sigterm" in self.only:
-            outcomes["sigterm"] = (self.check_sigterm(good.result.wall_seconds) if completed
-                                   else self._skipped("sigterm", "completes"))
+            outcomes["sigterm"] = self.check_sigterm() if started_ok else self._skipped("sigterm", "train")
         if "two-hosts" in self.only:
             outcomes["two-hosts"] = self.check_two_hosts() if completed else self._skipped("two-hosts", "completes")
         self.cleanup()
@@ -350,15 +350,12 @@ class ImageCheck:
             outcome.notes.append("(the failed job left files in model.tar.gz: a half-written model)")
         return outcome
 
-    def check_sigterm(self, natural: float) -> Outcome:
-        """`natural`: how long the good run took. A job that ignores SIGTERM but happens to end within the
-        grace period is told apart by ending no earlier than it would have anyway."""
-        if natural < 4:
-            return Outcome("sigterm", "not-run", f"undetermined: the whole job takes only {natural:.1f} s, too short to "
-                           "stop it midway", "give it data or hyperparameters that make it run for a few seconds "
-                           "(--channel/--hp), then check again")
+    def check_sigterm(self) -> Outcome:
+        """SIGTERM once the job is under way. First the kernel's view: a container's PID 1 gets a signal sent
+        from outside only if it has a handler for it (without one the signal is dropped, whatever the
+        default action), so PID 1's caught/ignored masks (/proc/<pid>/status) decide whether SIGTERM can
+        have any effect; when it can, the job must then exit within the grace period."""
         job = self._job(self._spec(self.channels))
-        pid1 = ""
         try:
             job.start()
             # The signal goes in once the job is under way: after its first log line, plus a moment.
@@ -367,44 +364,44 @@ class ImageCheck:
                 time.sleep(0.2)
             time.sleep(1.0)
             job.logs()  # takes in the exit, if the job is over already
+            container = next(iter(job.containers.values()))
+            handling = None if job.exit_codes else sigterm_disposition(container)
             if job.exit_codes:
                 job.finish()
                 return Outcome("sigterm", "not-run", "undetermined: the job ended before the signal was sent",
                                "give it data or hyperparameters that make it run for a few seconds (--channel/--hp)")
-            container = next(iter(job.containers.values()))
-            try:
-                pid1 = container.top(ps_args="-o pid,args").get("Processes", [["", ""]])[0][-1]
-            except (docker.errors.APIError, IndexError):
-                pid1 = ""
-            sent = time.monotonic()
-            # What the job would still have taken without the signal: an image that honours SIGTERM exits in a
-            # fraction of it; one that ignores it runs it out (or is killed at the end of the grace period).
-            remaining = natural - (sent - (job.started_at or sent))
-            if remaining < 3:
+            pid1 = handling.command if handling else "?"
+            code, took = None, 0.0
+            if handling is None or handling.caught:
+                sent = time.monotonic()
+                container.kill(signal="SIGTERM")
+                code = job.wait(self.grace)
+                took = time.monotonic() - sent
+            else:
                 job.stop(reason="check over")
-                job.finish()
-                return Outcome("sigterm", "not-run", f"undetermined: the job was {remaining:.1f} s from its end when "
-                               "the signal was due", "give it data or hyperparameters that make it run longer (--channel/--hp)")
-            container.kill(signal="SIGTERM")
-            code = job.wait(self.grace)
-            took = time.monotonic() - sent
             logs = job.logs()
             job.finish()
         finally:
             job.cleanup()
-        if code is not None and took < 0.5 * remaining:
-            return Outcome("sigterm", "pass", f"exited {code} {took:.1f} s after SIGTERM ({remaining:.0f} s before its end)")
-        seen = (f"exited {code} {took:.0f} s after SIGTERM, when it would have ended anyway: it ran on"
-                if code is not None else f"still running {self.grace:.0f} s after SIGTERM (killed then)")
-        toolkit = bool(re.search(r"sagemaker[-_ ](training|containers)", logs, re.I))
-        if toolkit:
-            fix = (f"PID 1 is the SageMaker toolkit's `train` ({pid1 or '?'}), which neither handles SIGTERM (so, as PID 1, "
-                   "it ignores it) nor passes it on to the script (aws/sagemaker-training-toolkit#125): run it under an "
-                   "init that forwards the signal to the process group, e.g. ENTRYPOINT [\"tini\", \"-g\", \"--\"] in "
-                   "front of the base entrypoint, and let the script save and exit on SIGTERM")
+        if code is not None and handling is not None:
+            return Outcome("sigterm", "pass", f"PID 1 ({pid1}) handles SIGTERM and the job exited {code} {took:.1f} s "
+                           "after it")
+        if code is not None:  # the masks could not be read (a remote engine): the exit is all there is to go by
+            return Outcome("sigterm", "pass", f"exited {code} {took:.1f} s after SIGTERM", notes=[
+                "(PID 1's signal masks were not readable: a job that ended on its own at that moment would look the same)"])
+        if handling is not None and not handling.caught:
+            seen = (f"PID 1 ({pid1}) {'ignores SIGTERM (SIG_IGN)' if handling.ignored else 'has no SIGTERM handler'}: "
+                    "the kernel drops a SIGTERM sent to a container's PID 1 then, and SageMaker kills the job after 120 s")
+        else:
+            seen = f"PID 1 ({pid1}) was still running {self.grace:.0f} s after SIGTERM (killed then)"
+        if re.search(r"sagemaker[-_ ](training|containers)", logs, re.I):
+            fix = ("PID 1 is the SageMaker toolkit's `train`, which neither handles SIGTERM nor passes it on to the "
+                   "script (aws/sagemaker-training-toolkit#125): run it under an init that forwards the signal to the "
+                   "process group, e.g. ENTRYPOINT [\"tini\", \"-g\", \"--\"] in front of the base entrypoint, and "
+                   "let the script save and exit on SIGTERM")
         else:
             fix = ("handle SIGTERM in PID 1: save what must survive and exit (signal.signal(signal.SIGTERM, handler)); "
-                   "a Python or shell PID 1 without a handler ignores SIGTERM. If PID 1 starts the script, forward it")
+                   "a Python or shell PID 1 without a handler never sees SIGTERM. If PID 1 starts the script, forward it")
         return Outcome("sigterm", "fail", seen, fix)
 
     def check_two_hosts(self) -> Outcome:
@@ -417,6 +414,37 @@ class ImageCheck:
         return Outcome("two-hosts", "fail", f"{result.status if result else 'did not start'} on two hosts: {reason}",
                        "read the hosts from /opt/ml/input/config/resourceconfig.json (or SM_HOSTS/SM_CURRENT_HOST), sort "
                        "them, never assume the name algo-1, and let every host finish (or the first to exit ends the job)")
+
+
+@dataclass
+class SignalHandling:
+    command: str
+    caught: bool  # a handler is installed
+    ignored: bool  # SIG_IGN
+
+
+def sigterm_disposition(container) -> SignalHandling | None:
+    """How the container's PID 1 treats SIGTERM, from its /proc status (SigCgt, SigIgn: bit 14). Read on
+    this machine through the container's host PID when the engine is local, else inside the container
+    (which needs `cat`); None when neither works."""
+    container.reload()
+    pid = container.attrs.get("State", {}).get("Pid")
+    status = command = None
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except (OSError, TypeError):
+        try:
+            status = container.exec_run(["cat", "/proc/1/status"]).output.decode(errors="replace")
+            command = container.exec_run(["cat", "/proc/1/cmdline"]).output.replace(b"\0", b" ").decode(errors="replace").strip()
+        except docker.errors.APIError:
+            return None
+    masks = dict(re.findall(r"^(SigCgt|SigIgn):\s*([0-9a-fA-F]+)", status or "", re.M))
+    if len(masks) < 2:
+        return None
+    bit = 1 << (15 - 1)  # SIGTERM
+    return SignalHandling(command=command or "?", caught=bool(int(masks["SigCgt"], 16) & bit),
+                          ignored=bool(int(masks["SigIgn"], 16) & bit))
 
 
 def _exit(result: JobResult | None):
