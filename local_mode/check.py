@@ -228,6 +228,12 @@ class ImageCheck:
 
     # ---- the checks ---------------------------------------------------------------------------------
     def run(self) -> Report:
+        try:
+            return self._run_all()
+        finally:
+            self.cleanup()
+
+    def _run_all(self) -> Report:
         started = time.monotonic()
         outcomes: dict[str, Outcome] = {}
         outcomes["platform"] = self.check_platform()
@@ -247,7 +253,6 @@ class ImageCheck:
             outcomes["sigterm"] = self.check_sigterm() if started_ok else self._skipped("sigterm", "train")
         if "two-hosts" in self.only:
             outcomes["two-hosts"] = self.check_two_hosts() if completed else self._skipped("two-hosts", "completes")
-        self.cleanup()
         chosen = [outcomes[c.id] for c in CHECKS if c.id in self.only and c.id in outcomes]
         return Report(self.image, chosen, time.monotonic() - started)
 
