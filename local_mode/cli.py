@@ -147,10 +147,13 @@ def run_and_report(job) -> int:
         with interrupt.signals_interrupt():
             result = job()
     except (interrupt.Interrupted, KeyboardInterrupt) as exc:
-        if getattr(exc, "result", None) is not None:
-            summary.show(exc.result)
-        else:
-            console.err.print(f"[red]{interrupt.reason(exc)}[/] before the job started")
+        try:
+            if getattr(exc, "result", None) is not None:
+                summary.show(exc.result)
+            else:
+                console.err.print(f"[red]{interrupt.reason(exc)}[/] before the job started")
+        except OSError:
+            pass  # SIGHUP: the terminal is gone; summary.json in the run directory has it all
         return exc.exit_code if isinstance(exc, interrupt.Interrupted) else 130
     summary.show(result)
     return 0 if result.ok or result.status == "InProgress" else 1
