@@ -468,3 +468,17 @@ def test_runtime_options_unit():
                       ("x:y", lambda: RuntimeOptions(publish=["x:y"]).ports())):
         with pytest.raises(ConfigError):
             call()
+
+
+def test_path_mappings_for_several_baked_directories(tmp_path):
+    """The program's directory maps as a whole; each file of the other baked directories on its own first."""
+    program, common = tmp_path / "xgboost", tmp_path / "common"
+    for directory, name in ((program, "train.py"), (common, "sm_contract.py")):
+        directory.mkdir()
+        (directory / name).write_text("")
+    assert inside.path_mappings([program, common]) == [
+        {"localRoot": str(common / "sm_contract.py"), "remoteRoot": "/opt/ml/code/sm_contract.py"},
+        {"localRoot": str(program), "remoteRoot": "/opt/ml/code"},
+    ]
+    text = inside.attach_instructions(5678, inside.path_mappings([program]))
+    assert '"port": 5678' in text and f"{program}  =  /opt/ml/code" in text
