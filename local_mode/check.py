@@ -28,7 +28,6 @@ from pathlib import Path
 
 import docker.errors
 
-from local_mode import artifacts
 from local_mode.direct import DirectJob
 from local_mode.job import Channel, JobSpec, create_run_dir, job_name_for, prepare_local
 from local_mode.result import JobResult

@@ -40,11 +40,6 @@ class RuntimeOptions:
     instance_type: InstanceType | None = None  # an ml.* type rehearsed: its memory and CPU limits
     env: dict[str, str] = field(default_factory=dict)
 
-    @property
-    def any_docker_option(self) -> bool:
-        return bool(self.shm_size or self.gpus or self.network_host or self.publish or self.memory
-                    or self.cpus or self.instance_type)
-
     # ---- limits -----------------------------------------------------------------------------------
     def memory_limit(self) -> str | int | None:
         """--memory wins over the instance type's memory."""
