@@ -362,21 +362,32 @@ class ImageCheck:
         job = self._job(self._spec(self.channels))
         try:
             job.start()
-            # The signal goes in once the job is under way: after its first log line, plus a moment.
-            deadline = time.monotonic() + 60
-            while not job.logs() and not job.exit_codes and time.monotonic() < deadline:
-                time.sleep(0.2)
-            time.sleep(1.0)
-            job.logs()  # takes in the exit, if the job is over already
             container = next(iter(job.containers.values()))
-            handling = None if job.exit_codes else sigterm_disposition(container)
-            if job.exit_codes:
+            # PID 1's disposition once the job is under way (its first log line), read for up to a second
+            # more while it runs (a handler installed a moment late still counts); the last read decides.
+            handling, first_line_at = None, None
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                lines = job.logs()  # also takes in the exit codes
+                if job.exit_codes:
+                    break
+                if first_line_at is None and lines:
+                    first_line_at = time.monotonic()
+                read = sigterm_disposition(container) if first_line_at else None
+                handling = read or handling
+                if first_line_at and (time.monotonic() - first_line_at > 1.0 or (handling and handling.caught)):
+                    break
+                time.sleep(0.05)
+            job.logs()  # takes in the exit, if the job is over already
+            if handling is None or (handling.caught and job.exit_codes):
+                job.stop(reason="check over")
                 job.finish()
-                return Outcome("sigterm", "not-run", "undetermined: the job ended before the signal was sent",
-                               "give it data or hyperparameters that make it run for a few seconds (--channel/--hp)")
-            pid1 = handling.command if handling else "?"
+                return Outcome("sigterm", "not-run", "undetermined: the job ended before its handling of SIGTERM "
+                               "could be seen", "give it data or hyperparameters that make it run for a few seconds "
+                               "(--channel/--hp)")
+            pid1 = handling.command
             code, took = None, 0.0
-            if handling is None or handling.caught:
+            if handling.caught:
                 sent = time.monotonic()
                 container.kill(signal="SIGTERM")
                 code = job.wait(self.grace)
@@ -387,15 +398,13 @@ class ImageCheck:
             job.finish()
         finally:
             job.cleanup()
-        if code is not None and handling is not None:
+        if code is not None:
             return Outcome("sigterm", "pass", f"PID 1 ({pid1}) handles SIGTERM and the job exited {code} {took:.1f} s "
                            "after it")
-        if code is not None:  # the masks could not be read (a remote engine): the exit is all there is to go by
-            return Outcome("sigterm", "pass", f"exited {code} {took:.1f} s after SIGTERM", notes=[
-                "(PID 1's signal masks were not readable: a job that ended on its own at that moment would look the same)"])
-        if handling is not None and not handling.caught:
-            seen = (f"PID 1 ({pid1}) {'ignores SIGTERM (SIG_IGN)' if handling.ignored else 'has no SIGTERM handler'}: "
-                    "the kernel drops a SIGTERM sent to a container's PID 1 then, and SageMaker kills the job after 120 s")
+        if not handling.caught:
+            why = ("ignores SIGTERM (SIG_IGN)" if handling.ignored else
+                   "has no SIGTERM handler, and the kernel drops a SIGTERM sent to a container's PID 1 without one")
+            seen = f"PID 1 ({pid1}) {why}: on a stop SageMaker kills the job after 120 s, the script never told"
         else:
             seen = f"PID 1 ({pid1}) was still running {self.grace:.0f} s after SIGTERM (killed then)"
         if re.search(r"sagemaker[-_ ](training|containers)", logs, re.I):
