@@ -35,12 +35,12 @@ push_opts = $(if $(IMAGE),--image $(IMAGE)) $(if $(REGION),--region $(REGION)) $
             $(if $(REGISTRY),--registry $(REGISTRY))
 
 .DEFAULT_GOAL := help
-.PHONY: help venv venv-sdk3 engine bases test test-fast demo init build push list doctor local dev train-cloud bench lock clean \
-        registry registry-stop
+.PHONY: help venv venv-sdk3 engine bases test test-fast demo init build push list doctor local dev shell check train-cloud bench \
+        lock clean registry registry-stop
 
 help:
 	@sed -n '2,14p' Makefile | sed 's/^# \{0,1\}//'
-	@echo "targets: demo test init build push list doctor local dev train-cloud registry registry-stop bench bases engine venv lock clean"
+	@echo "targets: demo test init build push list doctor local dev shell check train-cloud registry registry-stop bench bases engine venv lock clean"
 
 venv:
 	@tools/ensure-venv.sh requirements.lock $(VENV)
@@ -84,6 +84,14 @@ local: venv engine
 # Docker directly; prints how each metric changed. Ctrl-C ends. Build once first (make build BASE=local).
 dev: venv engine
 	$(PY) -m local_mode run --watch $(if $(IMAGE),--image $(IMAGE)) $(ARGS)
+
+# A shell in the job's exact container (/opt/ml, SM_* environment; docs/debugging.md): make shell IMAGE=xgboost
+shell: venv engine
+	$(PY) -m local_mode run $(if $(IMAGE),--image $(IMAGE)) --shell $(ARGS)
+
+# The SageMaker-contract check of any training image: make check IMAGE=xgboost (or IMAGE=<any image reference>)
+check: venv engine
+	$(PY) build.py check $(if $(IMAGE),$(IMAGE),$(error make check needs IMAGE=<name or image reference>)) $(ARGS)
 
 train-cloud: venv
 	$(PY) -m local_mode run --cloud $(if $(IMAGE),--image $(IMAGE)) $(if $(REGION),--region $(REGION)) $(ARGS)

@@ -8,7 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from local_mode import backends, interrupt, summary
+from local_mode import backends, inside_cli, interrupt, summary
 from local_mode.job import RUNS_DIR, JobSpec, parse_channels, resolve_image, sample_job
 from smkit import console, manifest
 from smkit.errors import ConfigError
@@ -114,8 +114,16 @@ def resolve_backend(args) -> None:
             raise ConfigError(f"--watch runs the direct backend, not {args.backend}.", "drop --backend (or --cloud)")
         args.backend, args.mount_code = "direct", True
     args.backend = args.backend or "sdk"
+    inside = inside_cli.mode(args)
+    if inside and args.backend != "direct":
+        # SDK local mode offers no way into its containers (it writes and runs its own compose file).
+        if args.backend == "cloud":
+            raise ConfigError(f"{inside} runs locally.", "drop --cloud / --backend cloud")
+        console.note(f"{inside} runs on the direct backend (the same contract as SDK local mode; the SDK cannot "
+                     "attach a terminal or a debugger to its containers)")
+        args.backend = "direct"
     if args.backend != "direct":
-        for flag, value in (("--network", args.network), ("--memory", args.memory), ("--checkpoint-dir", args.checkpoint_dir),
+        for flag, value in (("--network", args.network == "bridge"), ("--checkpoint-dir", args.checkpoint_dir),
                             ("--mount-code", args.mount_code)):
             if value:
                 raise ConfigError(f"{flag} applies to the direct backend only.", f"add --backend direct, or drop {flag}")
@@ -124,6 +132,7 @@ def resolve_backend(args) -> None:
 def cmd_run(args) -> int:
     resolve_backend(args)
     spec = build_spec(args)
+    runtime = inside_cli.apply_runtime(args, spec)
     if args.dry_run:
         if args.backend == "cloud":
             from local_mode import cloud
@@ -138,9 +147,11 @@ def cmd_run(args) -> int:
                 console.out.print(f"/opt/ml/code <- a fresh copy of {', '.join(image_spec.scripts)} per host (read-write)"
                                   + (", again after every save (--watch)" if args.watch else ""), markup=False)
         return 0
+    if inside_cli.mode(args):
+        return inside_cli.run_inside(args, spec, runtime)
     options: dict = {}
     if args.backend == "direct":
-        options = {"network": args.network, "mem_limit": args.memory}
+        options = {"network": args.network == "bridge", "docker_options": runtime.docker_options()}
     if args.mount_code:
         from local_mode import mounted, watch
 
@@ -294,7 +305,7 @@ def parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = top.add_subparsers(dest="command", required=True, metavar="{run,demo,runs,clean}")
+    sub = top.add_subparsers(dest="command", required=True, metavar="{run,demo,runs,check,clean}")
 
     run = sub.add_parser("run", help="run one job: SDK local mode (default), direct through Docker, or in the cloud",
                          epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -307,7 +318,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--hyperparameters", metavar="JSON|@FILE", help="hyperparameters as a JSON object or @file.json")
     run.add_argument("--env", action="append", metavar="KEY=VALUE", help="an environment variable for the container")
     run.add_argument("--instance-count", type=int, default=1, help="number of hosts (default 1)")
-    run.add_argument("--instance-type", help="local or local_gpu (default local); with --cloud an ml.* type (default ml.m5.xlarge)")
+    run.add_argument("--instance-type", help="local or local_gpu (default local); an ml.* type runs locally with that type's "
+                     "CPU and memory limits (local_mode/instance_types.py); with --cloud the type to run on (default ml.m5.xlarge)")
     run.add_argument("--backend", choices=["sdk", "direct", "cloud"],
                      help="what runs the job: sdk = SageMaker SDK local mode (default; the fidelity gate before the "
                           "cloud), direct = the same containers straight through Docker (the fast inner loop), "
@@ -328,9 +340,9 @@ def parser() -> argparse.ArgumentParser:
                      help="print the SDK call (sdk), the containers and config files (direct) or the CreateTrainingJob "
                           "request (cloud); run nothing")
     direct = run.add_argument_group("direct (--backend direct): the containers straight through Docker")
-    direct.add_argument("--network", action="store_true",
-                        help="give the containers a route out (default: none; several hosts still reach each other)")
-    direct.add_argument("--memory", metavar="LIMIT", help="memory limit per container, e.g. 2g (docker --memory)")
+    direct.add_argument("--network", nargs="?", const="bridge", choices=["bridge", "host"],
+                        help="--network: give the containers a route out (default: none; several hosts still reach "
+                             "each other); --network host: the host's own network (VPN, SSO proxies; one host only)")
     direct.add_argument("--checkpoint-dir", metavar="DIR",
                         help="a local directory mounted as /opt/ml/checkpoints, with checkpointconfig.json written "
                              "(what --checkpoint-s3-uri is in the cloud)")
@@ -340,6 +352,7 @@ def parser() -> argparse.ArgumentParser:
     direct.add_argument("--watch", action="store_true",
                         help="re-run the job on every save of those scripts, stopping a run still going; print "
                              "how each metric changed (implies --backend direct --mount-code; Ctrl-C ends)")
+    inside_cli.add_options(run)
     cloud = run.add_argument_group("cloud (--backend cloud, or --cloud): the same job on SageMaker")
     cloud.add_argument("--cloud", action="store_true", help="the same as --backend cloud")
     cloud.add_argument("--role", help="execution role ARN (default: SAGEMAKER_ROLE)")
@@ -372,6 +385,12 @@ def parser() -> argparse.ArgumentParser:
     runs.add_argument("--json", action="store_true", help="print the runs as JSON (every field, nothing shortened)")
     runs.add_argument("--runs-dir", default=str(RUNS_DIR), help=f"where the runs are (default {RUNS_DIR})")
     runs.set_defaults(func=cmd_runs)
+
+    check = sub.add_parser("check", help="check that any training image honours the SageMaker training contract")
+    from local_mode import check as contract_check
+
+    contract_check.add_arguments(check)
+    check.set_defaults(func=contract_check.cmd_check)
 
     clean = sub.add_parser("clean", help="remove local run directories (root-owned files too) and their containers")
     clean.add_argument("--runs-dir", default=str(RUNS_DIR))

@@ -32,6 +32,8 @@ def run_v2(spec: JobSpec, work: Path, output: Path) -> dict:
     session = LocalSession(boto_session=boto3.Session(region_name=spec.region))
     # container_root: the SDK's scratch directories (and the compose file) live in this run's directory.
     session.config = {"local": {"local_code": True, "container_root": str(work)}}
+    if spec.container_config:  # docker run options the SDK lets through (local_mode/runtime.py)
+        session.config["local"]["container_config"] = spec.container_config
     estimator = Estimator(
         image_uri=spec.image,
         role=spec.role,

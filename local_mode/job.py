@@ -56,6 +56,9 @@ class JobSpec:
     region: str | None = None
     metric_definitions: list[dict[str, str]] = field(default_factory=list)
     sdk: str = "auto"  # auto | v2 | v3
+    # SDK v2 local mode: compose service keys merged into every container (LocalSession config
+    # local.container_config): shm_size, mem_limit, cpus, ports. See local_mode/runtime.py.
+    container_config: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

@@ -189,6 +189,18 @@ def cmd_init(args) -> int:
     return 0
 
 
+CHECK_DESCRIPTION = """\
+Run a short conformance suite against a training image by its URI, ours or anybody's: it is started as
+SageMaker starts it (the direct backend of local_mode) on tiny generated data, and judged by exit codes,
+model.tar.gz/output.tar.gz and its log. Each check prints PASS/FAIL and the fix; exit code 1 on any failure.
+
+examples:
+  {prog} check xgboost                                 the image built last as xgboost
+  {prog} check 683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-xgboost:3.0-5 --report report.md
+  {prog} check my-image:dev --channel train=data/train --hp epochs=1 --only sigterm --grace 120
+"""
+
+
 def parser(prog: str = "smkit") -> argparse.ArgumentParser:
     examples = EXAMPLES.format(prog=prog)
     top = argparse.ArgumentParser(
@@ -198,7 +210,7 @@ def parser(prog: str = "smkit") -> argparse.ArgumentParser:
         epilog=examples,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = top.add_subparsers(dest="command", required=True, metavar="{init,build,push,run,list,doctor,bases}")
+    sub = top.add_subparsers(dest="command", required=True, metavar="{init,build,push,run,list,doctor,bases,check}")
 
     init = sub.add_parser("init", help="start a new image: a training script (an example, or yours with --from), "
                           "its requirements, sample data and its images.toml table",
@@ -266,6 +278,15 @@ def parser(prog: str = "smkit") -> argparse.ArgumentParser:
     bases_cmd.add_argument("--verbose", action="store_true")
     bases_cmd.add_argument("--dry-run", action="store_true", help="print what would be built; build nothing")
     bases_cmd.set_defaults(func=cmd_bases)
+
+    check = sub.add_parser("check", help="check that any training image honours the SageMaker training contract "
+                           "(train, channels, model.tar.gz, failure file, SIGTERM, no network, amd64, two hosts)",
+                           description=CHECK_DESCRIPTION.format(prog=prog),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    from local_mode import check as contract_check  # the run layer drives the image (as `run` does)
+
+    contract_check.add_arguments(check)
+    check.set_defaults(func=contract_check.cmd_check)
     return top
 
 

@@ -20,7 +20,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 # Commands that only read (they need no --dry-run): name -> what they do.
 READ_ONLY = {"doctor": "checks and prints", "list": "prints what images.toml and build/images.json hold",
-             "runs": "prints the past runs of local_mode/runs"}
+             "runs": "prints the past runs of local_mode/runs",
+             "check": "runs the image in throwaway containers and reports; keeps nothing"}
 
 
 def _load_parser(path: Path) -> argparse.ArgumentParser:
