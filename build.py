@@ -8,9 +8,10 @@
     python build.py push --registry HOST:PORT/NS   # to any OCI registry (credentials: docker login)
     python build.py doctor                      # check engine, compose, AWS, registry; print fixes
     python build.py list                        # what each image resolves to
+    python build.py check IMAGE                 # does any training image honour the SageMaker contract?
 
 `make build push` wraps it. Every command takes --help; every command that changes something (build, push,
-bases, init) takes --dry-run; doctor and list only read. The project is this checkout unless SMKIT_PROJECT
+bases, init) takes --dry-run; doctor, list and check only read. The project is this checkout unless SMKIT_PROJECT
 names another directory.
 """
 

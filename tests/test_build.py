@@ -18,6 +18,7 @@ from pathlib import Path
 import boto3
 import pytest
 
+from smkit import standin
 from tests.servers import Registry, free_port
 
 pytestmark = pytest.mark.docker
@@ -434,4 +435,4 @@ def test_an_image_that_is_not_linux_amd64_is_refused(docker_client):
     with pytest.raises(BuildFailed) as refused:
         builder.check_platform("smkit-test/arm64:latest")
     assert "linux/arm64" in refused.value.what and "linux/amd64" in refused.value.what
-    builder.check_platform(docker_client.images.get("smkit/standin-xgboost:latest").id)  # the stand-in passes
+    builder.check_platform(docker_client.images.get(standin.STANDINS["xgboost"]).id)  # the stand-in passes

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from smkit.standin import STANDINS
 from tests.servers import free_port
 
 pytestmark = pytest.mark.docker
@@ -165,7 +166,7 @@ def test_mount_code_and_watch_are_refused_where_they_cannot_work(project, tmp_pa
     assert sdk.returncode == 2 and "--mount-code applies to the direct backend only" in sdk.stderr
     watch = cli(project, run_args(project, runs, "--watch", "--backend", "sdk"), check=False)
     assert watch.returncode == 2 and "--watch runs the direct backend, not sdk" in watch.stderr
-    ref = cli(project, ["-m", "local_mode", "run", "--image", "smkit/standin-xgboost:latest", "--backend", "direct",
+    ref = cli(project, ["-m", "local_mode", "run", "--image", STANDINS["xgboost"], "--backend", "direct",
                         "--mount-code", "--channel", f"train={project / 'data' / 'train'}", "--runs-dir", str(runs)],
               check=False)
     assert ref.returncode == 2 and "--mount-code needs an image of images.toml" in ref.stderr and "fix:" in ref.stderr

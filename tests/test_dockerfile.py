@@ -3,13 +3,13 @@ hand-written one that disagrees with images.toml stops the build with the fix.""
 
 from __future__ import annotations
 
-import json
 import textwrap
 from pathlib import Path
 
 import pytest
 
 from smkit import catalog, dockerfile
+from smkit.standin import STANDINS
 from smkit.errors import ConfigError
 from tests.test_build import manifest_entry, run_build
 
@@ -100,7 +100,7 @@ def test_a_handwritten_dockerfile_that_disagrees_stops_the_build(tmp_path, docke
     assert not (project / "build").exists()
     # --dry-run names the Dockerfile and the build args of each image (and checks the own one too).
     dry = run_build(project, "build", "--image", "generated", "--base", "local", "--dry-run")
-    assert "Dockerfile --build-arg BASE_IMAGE=smkit/standin-xgboost:latest --build-arg PROGRAM=fit.py" in dry.stdout
+    assert f"Dockerfile --build-arg BASE_IMAGE={STANDINS['xgboost']} --build-arg PROGRAM=fit.py" in dry.stdout
     assert "code/ = src/common + src/model" in dry.stdout
 
 

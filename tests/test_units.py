@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from smkit import bases, catalog
+from smkit.standin import STANDINS
 from smkit.context import BuildContext
 from smkit.errors import ConfigError
 
@@ -200,7 +201,7 @@ def test_images_toml_schema_defaults_and_any_base(tmp_path):
     # The prebuilt scikit-learn image, resolved by the SDK; a base_uri is used as it is, whatever the region.
     assert bases.prebuilt_uri(byo, "us-east-1") == "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-scikit-learn:1.4-2-cpu-py3"
     assert bases.resolve(team, "aws", None) == bases.Base("registry.example.com/ml/base:7", "uri")
-    assert bases.resolve(two, "local", None).uri == "smkit/standin-pytorch:latest"
+    assert bases.resolve(two, "local", None).uri == STANDINS["pytorch"]
     with pytest.raises(ConfigError) as raised:
         bases.resolve(team, "local", None)
     assert "has no offline stand-in" in raised.value.what and "framework" in raised.value.fix

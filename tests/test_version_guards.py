@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 import tomllib
@@ -23,7 +22,7 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
-from smkit import basecheck, builder, catalog, engine, images, standin
+from smkit import basecheck, builder, engine, standin
 from smkit.context import BuildContext
 from smkit.paths import REPO
 
@@ -159,11 +158,11 @@ def test_built_standin_matches_the_recorded_real_image(docker_client, standin_xg
 
 
 @pytest.fixture(scope="module")
-def derived(standin_xgboost, standin_pytorch) -> dict[str, tuple[str, str]]:
-    """Both images of images.toml on the stand-ins: name -> (image, base)."""
-    specs = catalog.load()
-    built = {name: images.build_image(specs[name], base_choice="local") for name in ("xgboost", "pytorch")}
-    return {name: (b.ref, b.base) for name, b in built.items()}
+def derived(project_images) -> dict[str, tuple[str, str]]:
+    """Both images of images.toml on the stand-ins (built in a scratch copy of the project): name -> (image, base)."""
+    from smkit.standin import STANDINS
+
+    return {name: (project_images[name], STANDINS[name]) for name in ("xgboost", "pytorch")}
 
 
 @pytest.mark.docker
