@@ -20,7 +20,6 @@ from local_mode import Channel, JobSpec, run_local
 from smkit import builder, catalog, engine, images, standin
 from smkit.context import BuildContext
 from smkit.paths import KEEP_FAILURE_MODULE, REPO
-from tests import sagemaker_run
 
 pytestmark = pytest.mark.docker
 XGB_BAD_ROUND = ("Hyperparameter num_round='abc' is invalid (expected an integer); "
@@ -105,15 +104,30 @@ def probe_image(base: str, tag: str, keep_failure: bool) -> str:
     return tag
 
 
+def start_job(image: str, root: Path, channels: dict[str, Path], hyperparameters: dict):
+    """The image started as SageMaker starts it, one host with no network (local_mode's direct backend)."""
+    from local_mode import Channel, JobSpec
+    from local_mode.direct import start_direct
+
+    spec = JobSpec(image=image, channels=[Channel(name, str(path)) for name, path in channels.items()],
+                   hyperparameters=hyperparameters)
+    return start_direct(spec, runs_dir=root, stream=False, keep_work=True)
+
+
+def failure_of(job) -> str | None:
+    path = job.output_dir() / "failure"
+    return path.read_text().strip() if path.exists() else None
+
+
 def run_probe(image: str, mode: str, root: Path) -> tuple[int, str | None, str]:
     (root / "data").mkdir(parents=True)
     (root / "data" / "x.csv").write_text("1,2\n")
-    job = sagemaker_run.start(image, root / "job", {"train": root / "data"}, {"mode": mode})
+    job = start_job(image, root / "job", {"train": root / "data"}, {"mode": mode})
     try:
         code = job.wait(timeout=180)
-        return code, job.failure(), job.logs
+        return code, failure_of(job), job.logs()
     finally:
-        job.remove()
+        job.cleanup()
 
 
 @pytest.fixture(scope="module")
@@ -172,16 +186,20 @@ def docker_env(image: str) -> dict[str, str]:
 def test_legacy_dispatch_runs_pip_install_and_python_m_without_network(xgboost_image, tiny_data, tmp_path):
     """As the real base: setup.py written into /opt/ml/code, `pip install .` there at job start, then
     `python -m train` from /opt/ml/code; all with the container's network disabled."""
-    job = sagemaker_run.start(xgboost_image, tmp_path / "job", {"train": tiny_data}, {"num_round": 3, "nthread": 1})
+    job = start_job(xgboost_image, tmp_path / "job", {"train": tiny_data}, {"num_round": 3, "nthread": 1})
     try:
         code = job.wait(timeout=300)
-        changed = {change["Path"] for change in job.container.diff() or []}
-        network = job.container.attrs["HostConfig"]["NetworkMode"]
+        container = job.containers[job.hosts[0]]
+        container.reload()
+        changed = {change["Path"] for change in container.diff() or []}
+        network = container.attrs["HostConfig"]["NetworkMode"]
+        logs = job.logs()
+        model_files = sorted(p.name for p in job.model_dir.iterdir())
     finally:
-        job.remove()
+        job.cleanup()
     assert network == "none"
-    assert code == 0, job.logs[-3000:]
-    assert "-m pip install ." in job.logs and "Successfully installed train-1.0.0" in job.logs, job.logs[-3000:]
-    assert "-m train --nthread 1 --num_round 3" in job.logs, job.logs[-3000:]
+    assert code == 0, logs[-3000:]
+    assert "-m pip install ." in logs and "Successfully installed train-1.0.0" in logs, logs[-3000:]
+    assert "-m train --nthread 1 --num_round 3" in logs, logs[-3000:]
     assert {"/opt/ml/code/setup.py", "/opt/ml/code/setup.cfg", "/opt/ml/code/MANIFEST.in"} <= changed, sorted(changed)
-    assert sorted(p.name for p in (tmp_path / "job" / "model").iterdir()) == ["model-metadata.json", "xgboost-model"]
+    assert model_files == ["model-metadata.json", "xgboost-model"]
