@@ -277,13 +277,8 @@ class DirectJob:
         while not self._done():
             if deadline is not None and time.monotonic() > deadline and self.stop_reason is None:
                 self.stop(reason=f"timeout after {timeout:.0f}s")
-            try:
-                self._handle(self._events.get(timeout=0.2))
-            except queue.Empty:
-                pass
-        self._drain()
-        if self.wall_seconds is None and self.started_at is not None:
-            self.wall_seconds = time.monotonic() - self.started_at
+            self._next_event()
+        self._caught_up()
         if self.stop_reason is not None:
             return None
         return self.exit_codes.get(self.first_exit) if self.first_exit else None
@@ -334,10 +329,18 @@ class DirectJob:
         """After stop(): collect the remaining log lines and exit codes (bounded, signals ignored)."""
         deadline = time.monotonic() + timeout
         while not self._done() and time.monotonic() < deadline:
-            try:
-                self._handle(self._events.get(timeout=0.2))
-            except queue.Empty:
-                pass
+            self._next_event()
+        self._caught_up()
+
+    def _next_event(self) -> None:
+        """Handle the next exit or log event of a container, if one comes within 0.2 s."""
+        try:
+            self._handle(self._events.get(timeout=0.2))
+        except queue.Empty:
+            pass
+
+    def _caught_up(self) -> None:
+        """Every log line written down, and the wall time fixed at the first time the job is seen done."""
         self._drain()
         if self.wall_seconds is None and self.started_at is not None:
             self.wall_seconds = time.monotonic() - self.started_at
