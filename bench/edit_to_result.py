@@ -129,7 +129,7 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
     from local_mode import run as run_job
     from local_mode.job import SAMPLE_DATA
     from local_mode.mounted import MountedRun
-    from smkit import catalog
+    from smkit import images_toml
 
     sample = SAMPLE_DATA / "xgboost"
     hps = {"objective": "binary:logistic", "eval_metric": "auc", "num_round": 60, "max_depth": 4, "eta": 0.2,
@@ -138,7 +138,7 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
     variants = cfg.pick(VARIANTS, VARIANTS, ["bare", "mount1"])
     image = ctx.image("xgboost")  # built once per suite (not timed)
     project = ctx.project
-    image_spec = catalog.load(project.root / "images.toml")["xgboost"]
+    image_spec = images_toml.load(project.root / "images.toml")["xgboost"]
     runs = ctx.work("edit-runs")
     out = ctx.work("edit-bare")
     watch = None

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from smkit import code
-from smkit.catalog import ImageSpec
+from smkit.images_toml import ImageSpec
 from smkit.errors import ToolkitError
 from smkit.paths import PROJECT
 

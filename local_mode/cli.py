@@ -10,7 +10,7 @@ from pathlib import Path
 
 from local_mode import backends, inside_cli, interrupt, summary
 from local_mode.job import RUNS_DIR, JobSpec, parse_channels, resolve_image, sample_job
-from smkit import console, manifest
+from smkit import console, images_json
 from smkit.errors import ConfigError
 
 EXAMPLES = """\
@@ -51,7 +51,7 @@ def parse_pairs(pairs: list[str], option: str) -> dict:
 def build_spec(args) -> JobSpec:
     image_arg = args.image
     if image_arg is None:
-        built = list(manifest.load()["images"])
+        built = list(images_json.load()["images"])
         if len(built) != 1:
             raise ConfigError(
                 "Which image? " + (f"build/images.json has {', '.join(built)}." if built else "Nothing is built yet."),
@@ -232,7 +232,7 @@ def print_direct_plan(spec: JobSpec) -> None:
 
 
 def cmd_demo(args) -> int:
-    built = manifest.load()["images"]
+    built = images_json.load()["images"]
     names = args.image or sorted(built)
     if not names:
         raise ConfigError("Nothing is built yet.", "run `make demo` (it builds first) or `python build.py build --base local`")

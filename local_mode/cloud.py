@@ -22,7 +22,7 @@ from local_mode import interrupt
 from local_mode.job import RUNS_DIR, JobSpec, job_name_for
 from local_mode.result import JobResult
 from local_mode.sdk import sdk_major
-from smkit import bases, catalog, console, ecr, manifest, metrics
+from smkit import bases, console, ecr, images_json, images_toml, metrics
 from smkit.errors import ConfigError, ToolkitError
 
 TERMINAL = ("Completed", "Failed", "Stopped")
@@ -30,7 +30,7 @@ TERMINAL = ("Completed", "Failed", "Stopped")
 
 def pushed_image(image: str) -> tuple[str, str | None]:
     """The pinned URI the image was pushed as (build/images.json), or the reference as given."""
-    images = manifest.load()["images"]
+    images = images_json.load()["images"]
     if image in images:
         pushed = images[image].get("pushed")
         if not pushed:
@@ -64,7 +64,7 @@ def metric_definitions(image_name: str | None, runs_dir: Path = RUNS_DIR) -> lis
     if not image_name:
         return []
     try:
-        spec = catalog.load().get(image_name)
+        spec = images_toml.load().get(image_name)
     except ToolkitError:
         spec = None
     names = list(dict.fromkeys([*(spec.metrics if spec else ()), *last_run_metric_names(image_name, runs_dir)]))

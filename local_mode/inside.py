@@ -26,7 +26,7 @@ from typing import Any
 from local_mode import interrupt
 from local_mode.direct import DirectJob, Mount
 from local_mode.job import JobSpec, create_run_dir, prepare_local
-from smkit import catalog, console, engine
+from smkit import console, engine, images_toml
 from smkit.errors import ConfigError, ToolkitError
 from smkit.paths import REPO
 
@@ -143,7 +143,7 @@ def local_code_dirs(spec: JobSpec, code_dirs: list[str] | None = None) -> list[P
     if not spec.image_name:
         return []
     try:
-        image = catalog.load()[spec.image_name]
+        image = images_toml.load()[spec.image_name]
     except (ConfigError, KeyError):
         return []
     dirs = [REPO / d for d in image.scripts]

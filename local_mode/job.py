@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from smkit import bases, engine, manifest
+from smkit import bases, engine, images_json
 from smkit.errors import ConfigError
 from smkit.paths import PROJECT
 
@@ -79,7 +79,7 @@ def job_name_for(image_name: str | None) -> str:
 
 def resolve_image(image: str) -> tuple[str, str | None]:
     """`xgboost` (a name in build/images.json) -> its local ref; anything else is taken as a reference."""
-    images = manifest.load()["images"]
+    images = images_json.load()["images"]
     if image in images:
         return images[image]["local_ref"], image
     if "/" not in image and ":" not in image:
@@ -115,7 +115,7 @@ def sample_job(image_name: str) -> tuple[list[Channel], dict[str, Any]]:
     (sample_data/<image name>/, as `init` writes it), else the bundled one of its framework."""
     framework = image_name
     try:
-        framework = manifest.entry(image_name).get("framework", image_name)
+        framework = images_json.entry(image_name).get("framework", image_name)
     except ConfigError:
         pass
     directory = PROJECT_SAMPLE_DATA / image_name

@@ -29,8 +29,8 @@ from local_mode import interrupt
 from local_mode.direct import DirectJob, Mount
 from local_mode.job import RUNS_DIR, JobSpec, create_run_dir, prepare_local
 from local_mode.result import JobResult
-from smkit import catalog, code, console
-from smkit.catalog import ImageSpec
+from smkit import code, console, images_toml
+from smkit.images_toml import ImageSpec
 from smkit.errors import ConfigError, ToolkitError
 from smkit.paths import PROJECT
 
@@ -42,7 +42,7 @@ def image_spec_for(spec: JobSpec) -> ImageSpec:
             f"--mount-code needs an image of images.toml, not the reference {spec.image}: it mounts that image's scripts.",
             "pass its name, e.g. --image xgboost (see `python build.py list`)",
         )
-    return catalog.select(catalog.load(), [spec.image_name])[0]
+    return images_toml.select(images_toml.load(), [spec.image_name])[0]
 
 
 def code_note(image: str, image_spec: ImageSpec, current: bool | None) -> str:

@@ -23,7 +23,7 @@ from local_mode.job import RUNS_DIR, JobSpec
 from local_mode.mounted import MountedRun
 from local_mode.result import JobResult
 from smkit import console
-from smkit.catalog import ImageSpec
+from smkit.images_toml import ImageSpec
 from smkit.errors import ToolkitError
 
 RESTART_REASON = "code changed"

@@ -7,7 +7,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from smkit.catalog import ImageSpec
+from smkit.images_toml import ImageSpec
 from smkit.errors import ConfigError
 
 # An instance type per processor, only to tell image_uris.retrieve which variant to return.

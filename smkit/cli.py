@@ -34,12 +34,12 @@ examples:
 
 
 def cmd_build(args) -> int:
-    from smkit import catalog, console, images, manifest
+    from smkit import console, image_build, images_json, images_toml
 
-    specs = catalog.select(catalog.load(), args.image)
+    specs = images_toml.select(images_toml.load(), args.image)
     built = []
     for spec in specs:
-        result = images.build_image(
+        result = image_build.build_image(
             spec,
             base_choice=args.base,
             region=args.region,
@@ -56,17 +56,17 @@ def cmd_build(args) -> int:
         console.out.print(f"[bold]{result.name}[/]  {result.ref}  ({size:.2f} GB, {result.build_seconds:.0f}s"
                           + (", unchanged" if result.cached else "") + ")")
     if built:
-        console.err.print(f"    recorded in {manifest.MANIFEST}; next: `make local IMAGE=<name>` or `make push`")
+        console.err.print(f"    recorded in {images_json.MANIFEST}; next: `make local IMAGE=<name>` or `make push`")
     return 0
 
 
 def cmd_push(args) -> int:
-    from smkit import bases, catalog, code, console, manifest, registry
+    from smkit import bases, code, console, images_json, images_toml, registry
 
-    specs = catalog.select(catalog.load(), args.image)
+    specs = images_toml.select(images_toml.load(), args.image)
     region = None if args.registry else bases.require_region(args.region)
     for spec in specs:
-        entry = manifest.entry(spec.name)
+        entry = images_json.entry(spec.name)
         tags = [t for t in entry.get("moving_tags", []) if t not in (args.tag or [])] + list(args.tag or [])
         if args.dry_run:
             console.out.print(f"[bold]{spec.name}[/]: {entry['local_ref']}")
@@ -100,7 +100,7 @@ def cmd_push(args) -> int:
         console.step(f"pushing {spec.name} to {target.image}")
         result = registry.push(entry["local_ref"], target, entry["tag"], extra_tags=tags, retries=args.retries,
                                show_progress=not args.quiet)
-        manifest.update(spec.name, {"pushed": {
+        images_json.update(spec.name, {"pushed": {
             "image_uri": result.image_uri,
             "digest": result.digest,
             "pinned_image_uri": result.pinned,
@@ -126,12 +126,12 @@ def cmd_push(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from smkit import bases, catalog, console, manifest
+    from smkit import bases, console, images_json, images_toml
     from smkit.errors import ToolkitError
     from smkit.standin import STANDINS
 
-    specs = catalog.load()
-    built = manifest.load()["images"]
+    specs = images_toml.load()
+    built = images_json.load()["images"]
     region = bases.session_region(args.region)
     for spec in specs.values():
         if region:

@@ -25,10 +25,10 @@ from pathlib import Path
 import docker.errors
 
 from smkit import engine
-from smkit.catalog import ImageSpec
+from smkit.images_toml import ImageSpec
 from smkit.context import BuildContext
 from smkit.errors import ConfigError, ToolkitError
-from smkit.images import LABEL_PREFIX, scripts_digest, spec_context
+from smkit.image_build import LABEL_PREFIX, scripts_digest, spec_context
 from smkit.paths import PROJECT
 
 SCRIPTS_LABEL = f"{LABEL_PREFIX}.scripts-sha256"

@@ -12,9 +12,8 @@ from __future__ import annotations
 import re
 import shlex
 from dataclasses import dataclass
-from pathlib import Path
 
-from smkit.catalog import ImageSpec
+from smkit.images_toml import ImageSpec
 from smkit.errors import ConfigError
 from smkit.paths import PROJECT, TEMPLATE
 

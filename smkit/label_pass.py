@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import docker.errors
 
-from smkit import engine, manifest
+from smkit import engine, images_json
 from smkit.context import BuildContext
 from smkit.paths import PROJECT
 
@@ -138,7 +138,7 @@ def reusable_freeze(name: str, deps: str, ctx: BuildContext, dockerfile: str, sc
     tail = scripts_tail(ctx.files[dockerfile].decode(errors="replace"), scripts)
     if tail is None:
         return None
-    entry = manifest.load()["images"].get(name) or {}
+    entry = images_json.load()["images"].get(name) or {}
     if not entry.get("image_id"):
         return None
     try:

@@ -27,7 +27,7 @@ import docker.errors
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from smkit import console, ecr, engine
-from smkit.catalog import check_repository_name
+from smkit.images_toml import check_repository_name
 from smkit.errors import ConfigError, RegistryError
 
 MANIFEST_TYPES = ", ".join([

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from smkit import console
-from smkit.catalog import FRAMEWORKS, default_repository
+from smkit.images_toml import FRAMEWORKS, default_repository
 from smkit.errors import ConfigError
 from smkit.paths import REAL_BASES, REPO
 

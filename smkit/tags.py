@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-from pathlib import Path
 
 from smkit.errors import ConfigError
 from smkit.paths import PROJECT

@@ -12,7 +12,7 @@ import pytest
 from local_mode import compare
 from local_mode.changes import CodeChanges
 from smkit import code
-from smkit.catalog import ImageSpec
+from smkit.images_toml import ImageSpec
 
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from smkit import catalog, dockerfile
+from smkit import dockerfile, images_toml
 from smkit.standin import STANDINS
 from smkit.errors import ConfigError
 from tests.test_build import manifest_entry, run_build
@@ -104,9 +104,9 @@ def test_a_handwritten_dockerfile_that_disagrees_stops_the_build(tmp_path, docke
     assert "code/ = src/common + src/model" in dry.stdout
 
 
-def spec_of(body: str) -> catalog.ImageSpec:
+def spec_of(body: str) -> images_toml.ImageSpec:
     (name, table), = __import__("tomllib").loads(textwrap.dedent(body))["images"].items()
-    return catalog.spec_from_table(name, table, name)
+    return images_toml.spec_from_table(name, table, name)
 
 
 @pytest.mark.parametrize("text,message", [

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from local_mode import Channel, JobSpec, run_local
-from smkit import builder, catalog, engine, images, standin
+from smkit import builder, engine, standin
 from smkit.context import BuildContext
 from smkit.paths import KEEP_FAILURE_MODULE, REPO
 
@@ -27,10 +27,11 @@ XGB_BAD_ROUND = ("Hyperparameter num_round='abc' is invalid (expected an integer
 
 
 @pytest.fixture(scope="module")
-def xgboost_image(standin_xgboost) -> str:
-    """The XGBoost image of images.toml on the faithful stand-in, as `make build BASE=local` builds it."""
+def xgboost_image(standin_xgboost, project_images) -> str:
+    """The XGBoost image of images.toml on the faithful stand-in, as `make build BASE=local` builds it (in a
+    scratch copy of the project)."""
     assert standin_xgboost == standin.STANDINS["xgboost"] == "smkit/standin-xgboost:3.0-5"
-    return images.build_image(catalog.load()["xgboost"], base_choice="local").ref
+    return project_images["xgboost"]
 
 
 @pytest.fixture(scope="module")

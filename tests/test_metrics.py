@@ -111,7 +111,7 @@ def test_definitions_are_unique_and_capped():
 
 def test_cloud_definitions_add_the_names_of_the_last_local_run(tmp_path):
     from local_mode import cloud
-    from smkit import catalog
+    from smkit import images_toml
 
     for job, image, names, mtime in [("old", "xgboost", ["old:metric"], 1), ("new", "xgboost", ["validation:auc", "extra"], 2),
                                      ("other", "pytorch", ["theirs"], 3)]:
@@ -123,7 +123,7 @@ def test_cloud_definitions_add_the_names_of_the_last_local_run(tmp_path):
     assert cloud.last_run_metric_names("xgboost", tmp_path) == ["extra", "validation:auc"]
     assert cloud.last_run_metric_names("nobody", tmp_path) == []
     # Declared in images.toml first, then the names the last local run printed, each once.
-    declared = list(catalog.load()["xgboost"].metrics)
+    declared = list(images_toml.load()["xgboost"].metrics)
     defs = cloud.metric_definitions("xgboost", tmp_path)
     assert [d["Name"] for d in defs] == declared + ["extra"]
     assert defs[-1]["Regex"] == metrics.regex_for("extra")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from smkit import bases, catalog
+from smkit import bases, images_toml
 from smkit.standin import STANDINS
 from smkit.context import BuildContext
 from smkit.errors import ConfigError
@@ -110,16 +110,16 @@ repository = "team/x-train"
     (("[images.x]", "[images.x"), "is not valid TOML"),
 ])
 def test_images_toml_errors_name_the_problem(tmp_path, change, message):
-    assert catalog.load(write_toml(tmp_path, GOOD))["x"].repository == "team/x-train"
+    assert images_toml.load(write_toml(tmp_path, GOOD))["x"].repository == "team/x-train"
     with pytest.raises(ConfigError) as raised:
-        catalog.load(write_toml(tmp_path, GOOD.replace(*change)))
+        images_toml.load(write_toml(tmp_path, GOOD.replace(*change)))
     assert message in raised.value.what and raised.value.fix
 
 
 def test_pytorch_needs_a_python_version(tmp_path):
     body = GOOD.replace('framework = "xgboost"', 'framework = "pytorch"')
     with pytest.raises(ConfigError, match="py_version"):
-        catalog.load(write_toml(tmp_path, body))
+        images_toml.load(write_toml(tmp_path, body))
 
 
 def test_deps_digest_ignores_scripts_and_tracks_everything_else(tmp_path):
@@ -191,7 +191,7 @@ def test_images_toml_schema_defaults_and_any_base(tmp_path):
     scripts = "src"
     program = "main.py"
     """
-    specs = catalog.load(write_toml(tmp_path, body))
+    specs = images_toml.load(write_toml(tmp_path, body))
     byo, team, two = specs["byo"], specs["team"], specs["Team_Two"]
     assert byo.scripts == ("train_scripts/byo",) and byo.requirements is None and byo.dockerfile is None
     assert byo.repository == "byo" and byo.py_version == "py3"  # the default repository; sklearn's only Python
@@ -215,5 +215,5 @@ def test_images_toml_schema_defaults_and_any_base(tmp_path):
 ])
 def test_images_toml_schema_errors(tmp_path, body, message):
     with pytest.raises(ConfigError) as raised:
-        catalog.load(write_toml(tmp_path, f"[images.x]\n{body}\n"))
+        images_toml.load(write_toml(tmp_path, f"[images.x]\n{body}\n"))
     assert message in raised.value.what + raised.value.fix

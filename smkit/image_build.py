@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING
 
 import docker.errors
 
-from smkit import basecheck, bases, builder, console, dockerfile, engine, label_pass, manifest, standin, tags
-from smkit.catalog import ImageSpec
+from smkit import basecheck, bases, builder, console, dockerfile, engine, images_json, label_pass, standin, tags
+from smkit.images_toml import ImageSpec
 from smkit.context import BuildContext, build_ca_bundle
 from smkit.errors import BuildFailed, ToolkitError
 from smkit.paths import KEEP_FAILURE_MODULE, PROJECT, TEMPLATE
@@ -329,5 +329,5 @@ def build_image(
         built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         pushed=None,
     )
-    manifest.update(spec.name, record, replace=True)
+    images_json.update(spec.name, record, replace=True)
     return built
