@@ -32,6 +32,15 @@ scripts = ["src/common", "src/model"]
 requirements = "src/requirements.txt"
 program = "fit.py"
 """
+
+def _keep_failure_block() -> str:
+    """The template's keep-failure lines (containers/smkit_keep_failure.py), which an own Dockerfile carries too."""
+    from smkit.paths import TEMPLATE
+
+    text = TEMPLATE.read_text()
+    return text[text.index("# >>> smkit keep-failure"):text.index("# <<< smkit keep-failure")]
+
+
 # What a user would write by hand for the same image (the template's steps, with project paths).
 HANDWRITTEN = """
 ARG BASE_IMAGE
@@ -39,6 +48,7 @@ FROM ${BASE_IMAGE}
 COPY build-ca.crt src/requirements.txt /tmp/smkit-build/
 RUN PIP_CERT=/tmp/smkit-build/build-ca.crt python3 -m pip install --no-cache-dir -r /tmp/smkit-build/requirements.txt \\
     && rm -rf /tmp/smkit-build /root/.cache
+""" + _keep_failure_block() + """
 ENV SAGEMAKER_PROGRAM=fit.py
 COPY src/common/ src/model/ /opt/ml/code/
 CMD ["train"]
