@@ -79,14 +79,15 @@ with open(os.path.join(os.environ["SM_MODEL_DIR"], "model.txt"), "w") as handle:
 
 
 def keep_failure_lines() -> str:
-    """The block the XGBoost Dockerfile (and later the template) carries, exactly as it is there."""
-    match = KEEP_FAILURE_BLOCK.search((REPO / "containers" / "xgboost" / "Dockerfile").read_text())
-    assert match, "containers/xgboost/Dockerfile lost its `smkit keep-failure` block"
+    """The block the template Dockerfile carries (every image built from it has it), exactly as it is there."""
+    match = KEEP_FAILURE_BLOCK.search((REPO / "containers" / "Dockerfile").read_text())
+    assert match, "containers/Dockerfile lost its `smkit keep-failure` block"
     return match.group(0)
 
 
 def test_every_dockerfile_carries_the_same_keep_failure_block():
     carriers = [p for p in (REPO / "containers").rglob("Dockerfile*") if "smkit keep-failure" in p.read_text()]
+    assert REPO / "containers" / "Dockerfile" in carriers  # the template: every image without its own Dockerfile
     carriers += [REPO / "tests" / "fixtures" / "tiny_xgboost" / "Dockerfile"]
     for path in carriers:
         match = KEEP_FAILURE_BLOCK.search(path.read_text())
@@ -120,13 +121,15 @@ def failure_of(job) -> str | None:
     return path.read_text().strip() if path.exists() else None
 
 
-def run_probe(image: str, mode: str, root: Path) -> tuple[int, str | None, str]:
+def run_probe(image: str, mode: str, root: Path) -> tuple[int, str | None, str, str | None]:
+    """(exit code, failure reason, log, the model.txt the script wrote or None)."""
     (root / "data").mkdir(parents=True)
     (root / "data" / "x.csv").write_text("1,2\n")
     job = start_job(image, root / "job", {"train": root / "data"}, {"mode": mode})
     try:
         code = job.wait(timeout=180)
-        return code, failure_of(job), job.logs()
+        model = job.model_dir / "model.txt"
+        return code, failure_of(job), job.logs(), model.read_text() if model.exists() else None
     finally:
         job.cleanup()
 
@@ -142,7 +145,7 @@ def probes(standin_xgboost, standin_pytorch) -> dict[str, str]:
 
 def test_legacy_toolkit_overwrites_the_reason_without_the_piece(probes, tmp_path):
     """The stand-in is faithful to the real XGBoost base: the toolkit's text replaces the script's."""
-    code, failure, log = run_probe(probes["legacy-bare"], "reason", tmp_path)
+    code, failure, log, _ = run_probe(probes["legacy-bare"], "reason", tmp_path)
     assert code != 0, log[-2000:]
     assert failure and failure.startswith("ExecuteUserScriptError:") and "-m probe --mode reason" in failure, failure
 
@@ -156,15 +159,15 @@ def test_keep_failure_keeps_the_scripts_reason_and_nothing_else(probes, tmp_path
     assert env["SAGEMAKER_TRAINING_MODULE"] == "smkit_keep_failure:main"
     assert env["SMKIT_BASE_TRAINING_MODULE"] == expected_base
 
-    code, failure, log = run_probe(image, "reason", tmp_path / "reason")
+    code, failure, log, _ = run_probe(image, "reason", tmp_path / "reason")
     assert code != 0 and failure == OWN_REASON, log[-2000:]
     # A script that wrote no reason keeps the toolkit's own message (nothing is invented).
-    code, failure, log = run_probe(image, "silent", tmp_path / "silent")
+    code, failure, log, _ = run_probe(image, "silent", tmp_path / "silent")
     assert code != 0 and failure and "ExecuteUserScriptError" in failure, log[-2000:]
     # Success is untouched.
-    code, failure, log = run_probe(image, "ok", tmp_path / "ok")
+    code, failure, log, model = run_probe(image, "ok", tmp_path / "ok")
     assert code == 0 and failure is None, log[-2000:]
-    assert (tmp_path / "ok" / "job" / "model" / "model.txt").read_text() == "ok"
+    assert model == "ok"
 
 
 def test_keep_failure_records_the_first_base_module_when_an_image_is_itself_a_base(probes):
