@@ -8,7 +8,7 @@ the one precise sentence the script wrote there; SageMaker then shows the toolki
 
 A derived image installs this module into the site-packages of the Python that runs `train`, records the
 base's own module in SMKIT_BASE_TRAINING_MODULE and points SAGEMAKER_TRAINING_MODULE here
-(containers/xgboost/Dockerfile, the block between the `smkit keep-failure` markers). main() runs the base's
+(the template containers/Dockerfile, the block between the `smkit keep-failure` markers). main() runs the base's
 module unchanged; only when the legacy toolkit reports that the user script failed AND the script wrote a
 new reason to the failure file does it re-raise a toolkit ClientError whose text is that reason, so the
 toolkit's own handler writes the script's sentence back (and still exits 1, still logs the failure).
