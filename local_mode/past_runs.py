@@ -28,7 +28,7 @@ class PastRun:
     status: str  # Completed | Failed | Stopped | ... | unfinished
     image: str
     image_name: str | None
-    backend: str  # local | cloud, or the backend that ran it where summary.json says
+    backend: str  # sdk | direct | cloud (runs from before the backends: local | cloud, their mode)
     sdk: str | None
     instance_count: int
     hyperparameters: dict = field(default_factory=dict)

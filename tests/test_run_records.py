@@ -105,7 +105,7 @@ def test_runs_lists_past_runs_newest_first(two_runs):
     assert [r["job_name"] for r in listed] == [newer.job_name, older.job_name]
     assert listed[0]["hyperparameters"]["num_round"] == 6 and listed[1]["hyperparameters"]["num_round"] == 4
     assert listed[0]["metrics"] == newer.metrics and listed[0]["status"] == "Completed"
-    assert listed[0]["wall_seconds"] == newer.wall_seconds and listed[0]["sdk"] == "v2" and listed[0]["backend"] == "local"
+    assert listed[0]["wall_seconds"] == newer.wall_seconds and listed[0]["sdk"] == "v2" and listed[0]["backend"] == "sdk"
     assert listed[0]["curves"] == newer.extra["curves"]
 
     plain = cli("runs", "--runs-dir", str(runs_dir))
