@@ -153,14 +153,24 @@ def ensure_base(base: bases.Base, spec: ImageSpec, dry_run: bool, python_base: s
 
 
 def _pip_freeze(image_id: str) -> str:
+    # Created, started and removed by hand: `containers.run(remove=True)` leaves a container behind when it
+    # cannot start (an image without python3), and a build must leave nothing in the engine.
+    container = None
     try:
-        output = engine.client().containers.run(
-            image_id, entrypoint=["python3", "-m", "pip", "freeze"], remove=True, network_disabled=True,
-            stdout=True, stderr=False,
-        )
+        container = engine.client().containers.create(image_id, entrypoint=["python3", "-m", "pip", "freeze"],
+                                                      network_disabled=True)
+        container.start()
+        container.wait()
+        output = container.logs(stdout=True, stderr=False)
     except docker.errors.DockerException as exc:
         console.warn(f"could not read pip freeze from the built image ({exc}); the label will be empty")
         return ""
+    finally:
+        if container is not None:
+            try:
+                container.remove(force=True)
+            except docker.errors.DockerException:
+                pass
     lines = [line for line in output.decode(errors="replace").splitlines() if line and not line.startswith("#")]
     return "\n".join(sorted(lines, key=str.lower))
 

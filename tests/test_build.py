@@ -436,3 +436,27 @@ def test_an_image_that_is_not_linux_amd64_is_refused(docker_client):
         builder.check_platform("smkit-test/arm64:latest")
     assert "linux/arm64" in refused.value.what and "linux/amd64" in refused.value.what
     builder.check_platform(docker_client.images.get(standin.STANDINS["xgboost"]).id)  # the stand-in passes
+
+
+def test_pip_freeze_of_an_image_without_python_leaves_no_container(docker_client):
+    """The pip-freeze label of an image where pip cannot run is empty, and the container that tried is gone
+    (docker's run(remove=True) leaves a container behind when it cannot start)."""
+    import io
+    import tarfile
+    import uuid
+
+    from smkit import image_build
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        info = tarfile.TarInfo("hello.txt")
+        info.size = 5
+        tar.addfile(info, io.BytesIO(b"hello"))
+    repository = f"smkit-test/no-python-{uuid.uuid4().hex[:8]}"
+    docker_client.api.import_image_from_data(buffer.getvalue(), repository=repository, tag="base")
+    image = docker_client.images.get(f"{repository}:base")
+    try:
+        assert image_build._pip_freeze(image.id) == ""
+        assert docker_client.containers.list(all=True, filters={"ancestor": image.id}) == []
+    finally:
+        docker_client.images.remove(f"{repository}:base", force=True)
