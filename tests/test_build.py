@@ -381,22 +381,27 @@ def test_script_only_rebuild_reuses_pip_freeze_and_starts_no_container(project, 
         assert labelled.attrs["RootFS"] == unlabelled.attrs["RootFS"]
 
 
-def test_labels_go_on_an_image_without_entrypoint_or_command(docker_client):
-    """No container can be created from such an image: the labels take a build step instead of a commit."""
+def import_bare_image(docker_client, stem: str):
+    """(repository, image) of `<repository>:base`: one file, no shell, no python, no entrypoint or command."""
     import io
     import tarfile
     import uuid
-
-    from smkit import label_pass
 
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         info = tarfile.TarInfo("hello.txt")
         info.size = 5
         tar.addfile(info, io.BytesIO(b"hello"))
-    repository = f"smkit-test/bare-{uuid.uuid4().hex[:8]}"
+    repository = f"smkit-test/{stem}-{uuid.uuid4().hex[:8]}"
     docker_client.api.import_image_from_data(buffer.getvalue(), repository=repository, tag="base")
-    base = docker_client.images.get(f"{repository}:base")
+    return repository, docker_client.images.get(f"{repository}:base")
+
+
+def test_labels_go_on_an_image_without_entrypoint_or_command(docker_client):
+    """No container can be created from such an image: the labels take a build step instead of a commit."""
+    from smkit import label_pass
+
+    repository, base = import_bare_image(docker_client, "bare")
     assert not base.attrs["Config"] or not (base.attrs["Config"].get("Cmd") or base.attrs["Config"].get("Entrypoint"))
     try:
         image_id = label_pass.apply_labels(base.id, {"io.x.freeze": 'a==1\nb==2 "q" $HOME', "io.x.n": "1"}, f"{repository}:labelled")
@@ -441,20 +446,9 @@ def test_an_image_that_is_not_linux_amd64_is_refused(docker_client):
 def test_pip_freeze_of_an_image_without_python_leaves_no_container(docker_client):
     """The pip-freeze label of an image where pip cannot run is empty, and the container that tried is gone
     (docker's run(remove=True) leaves a container behind when it cannot start)."""
-    import io
-    import tarfile
-    import uuid
-
     from smkit import image_build
 
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        info = tarfile.TarInfo("hello.txt")
-        info.size = 5
-        tar.addfile(info, io.BytesIO(b"hello"))
-    repository = f"smkit-test/no-python-{uuid.uuid4().hex[:8]}"
-    docker_client.api.import_image_from_data(buffer.getvalue(), repository=repository, tag="base")
-    image = docker_client.images.get(f"{repository}:base")
+    repository, image = import_bare_image(docker_client, "no-python")
     try:
         assert image_build._pip_freeze(image.id) == ""
         assert docker_client.containers.list(all=True, filters={"ancestor": image.id}) == []
