@@ -16,6 +16,15 @@ Everything else passes through untouched: a script that wrote no reason keeps th
 failed `pip install` or a framework error is reported as before, and on a sagemaker-training base
 (whose errors are not sagemaker_containers' classes) the module changes nothing.
 
+It also passes SageMaker's stop on. StopTrainingJob and a spot interruption send SIGTERM to the container's
+PID 1 only, then SIGKILL 120 s later. Neither toolkit's `train` handles SIGTERM
+(aws/sagemaker-training-toolkit#125): where it is PID 1 (the XGBoost and scikit-learn bases: no ENTRYPOINT),
+the kernel drops the signal, and the script is killed without notice. main() therefore forwards SIGTERM to
+this process's children (the user script, or torchrun/mpirun) before running the base's module: the script
+ends as under `docker stop` of its own (default action: exit; or its handler saves and exits), and the
+toolkit reports that exit as usual. Where `train` is a child of the base's ENTRYPOINT bash (the PyTorch
+DLC), smkit_init.py becomes PID 1 and sends the signal here.
+
 Python 3.8+ standard library only: it runs inside whatever Python the base image has.
 """
 
@@ -23,6 +32,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
 
 BASE_MODULE_ENV = "SMKIT_BASE_TRAINING_MODULE"
@@ -49,8 +59,42 @@ def _read(path: str) -> str:
         return ""
 
 
+def children_of(parent: int) -> list[int]:
+    """PIDs whose parent is `parent`, from /proc/<pid>/stat (field 4; the command name may hold spaces and
+    parentheses, so fields are counted after its closing parenthesis)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", encoding="utf-8", errors="replace") as handle:
+                fields = handle.read().rpartition(")")[2].split()
+        except OSError:  # it ended meanwhile
+            continue
+        if len(fields) > 1 and fields[1] == str(parent):
+            found.append(int(name))
+    return found
+
+
+def forward_sigterm_to_children() -> None:
+    """Pass SIGTERM on to our children (the script, not its own children: a DataLoader worker is the
+    script's to stop)."""
+    me = os.getpid()
+
+    def forward(signum, _frame):
+        print("smkit: SIGTERM (the job is being stopped): passed on to the training process", file=sys.stderr, flush=True)
+        for child in children_of(me):
+            try:
+                os.kill(child, signum)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+
+
 def main():
     entry = base_entry_point()
+    forward_sigterm_to_children()
     try:  # only the legacy toolkit overwrites the failure file
         from sagemaker_containers import _env, _errors
     except ImportError:

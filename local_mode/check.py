@@ -407,11 +407,18 @@ class ImageCheck:
             seen = f"PID 1 ({pid1}) {why}: on a stop SageMaker kills the job after 120 s, the script never told"
         else:
             seen = f"PID 1 ({pid1}) was still running {self.grace:.0f} s after SIGTERM (killed then)"
-        if re.search(r"sagemaker[-_ ](training|containers)", logs, re.I):
+        shell = re.match(r"(ba|da)?sh\b", pid1 or "")
+        if shell and "start_with_right_hostname" in (pid1 or ""):
+            fix = ("PID 1 is the PyTorch DLC's ENTRYPOINT bash (start_with_right_hostname.sh), which runs `train` as its "
+                   "child and drops SIGTERM: put an init that forwards the signal in front of it in an own Dockerfile, "
+                   "e.g. ENTRYPOINT [\"tini\", \"-g\", \"--\", \"bash\", \"-m\", \"start_with_right_hostname.sh\"] "
+                   "(tini from apt), and let the script save and exit on SIGTERM")
+        elif re.search(r"sagemaker[-_ ](training|containers)", logs, re.I):
             fix = ("PID 1 is the SageMaker toolkit's `train`, which neither handles SIGTERM nor passes it on to the "
-                   "script (aws/sagemaker-training-toolkit#125): run it under an init that forwards the signal to the "
-                   "process group, e.g. ENTRYPOINT [\"tini\", \"-g\", \"--\"] in front of the base entrypoint, and "
-                   "let the script save and exit on SIGTERM")
+                   "script (aws/sagemaker-training-toolkit#125): build the image from the template containers/Dockerfile "
+                   "(or copy its `smkit keep-failure` block into yours: containers/smkit_keep_failure.py forwards SIGTERM "
+                   "when `train` is PID 1), or run it under an init that forwards the signal, e.g. "
+                   "ENTRYPOINT [\"tini\", \"-g\", \"--\"] in front of the base entrypoint")
         else:
             fix = ("handle SIGTERM in PID 1: save what must survive and exit (signal.signal(signal.SIGTERM, handler)); "
                    "a Python or shell PID 1 without a handler never sees SIGTERM. If PID 1 starts the script, forward it")

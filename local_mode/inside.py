@@ -72,8 +72,12 @@ def enter(spec: JobSpec, runs_dir: Path, command: str | None = None, *, interact
     prepare_local(spec)
     run_dir = create_run_dir(runs_dir, spec)
     options = {**(docker_options or {}), "tty": interactive, "stdin_open": interactive}
+    if command:
+        # Handed over in the environment, not as an argument: the PyTorch DLC's ENTRYPOINT `eval`s any
+        # command but `train`, which would re-split a quoted one. Two plain words survive that eval.
+        spec.environment["SMKIT_EXEC"] = command
     job = _CreatedOnly(spec, run_dir, network=network, mounts=[tools_mount(), *(mounts or [])],
-                       command=["sh", f"{TOOLS}/enter.sh", *([command] if command else [])],
+                       command=["sh", f"{TOOLS}/enter.sh"],
                        docker_options=options, stream=False, dialect=dialect)
     try:
         job.start()

@@ -26,7 +26,7 @@ from smkit import basecheck, bases, builder, console, dockerfile, engine, images
 from smkit.images_toml import ImageSpec
 from smkit.context import BuildContext, build_ca_bundle
 from smkit.errors import BuildFailed, ToolkitError
-from smkit.paths import KEEP_FAILURE_MODULE, PROJECT, TEMPLATE
+from smkit.paths import IN_IMAGE_MODULES, PROJECT, TEMPLATE
 
 if TYPE_CHECKING:
     from smkit import ecr
@@ -75,9 +75,10 @@ def spec_context(spec: ImageSpec) -> BuildContext:
             # A requirements.txt next to the script is baked at build time, never left for job start.
             ctx.add(scripts, dest=dockerfile.CODE_DIR, skip=(spec.requirements,) if spec.requirements else ())
     ctx.add_bytes("build-ca.crt", build_ca_bundle())
-    # Every image may install it (the `smkit keep-failure` Dockerfile lines): it keeps the script's own
-    # failure reason on bases whose legacy toolkit overwrites it. From this toolkit, not the project.
-    ctx.add_file_as(KEEP_FAILURE_MODULE, KEEP_FAILURE_MODULE.name)
+    # Every image may install them (the `smkit keep-failure` Dockerfile lines): the script's own failure
+    # reason kept on the legacy toolkit, SageMaker's stop passed on. From this toolkit, not the project.
+    for module in IN_IMAGE_MODULES:
+        ctx.add_file_as(module, module.name)
     return ctx
 
 

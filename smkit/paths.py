@@ -22,5 +22,8 @@ CONTAINERS = (_CHECKOUT_CONTAINERS if (_CHECKOUT_CONTAINERS / "Dockerfile").is_f
 TEMPLATE = CONTAINERS / "Dockerfile"  # the Dockerfile of every image that names none of its own
 STANDIN_DIR = CONTAINERS / "standin"
 REAL_BASES = STANDIN_DIR / "real_bases.toml"
-# Installed into derived images whose base runs the legacy sagemaker-containers toolkit (docstring there).
+# Installed into every derived image by the `smkit keep-failure` Dockerfile lines (docstrings there): the
+# script's own failure reason kept on the legacy toolkit, and SageMaker's stop (SIGTERM) passed on to the script.
 KEEP_FAILURE_MODULE = CONTAINERS / "smkit_keep_failure.py"
+INIT_MODULE = CONTAINERS / "smkit_init.py"
+IN_IMAGE_MODULES = (KEEP_FAILURE_MODULE, INIT_MODULE)  # what the build context of every image carries

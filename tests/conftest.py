@@ -108,11 +108,12 @@ def tiny_image(docker_client, standin_xgboost) -> str:
     from smkit import builder
     from smkit.context import BuildContext
 
-    from smkit.paths import KEEP_FAILURE_MODULE
+    from smkit.paths import IN_IMAGE_MODULES
 
     ctx = BuildContext(Path(__file__).parent / "fixtures" / "tiny_xgboost")
     ctx.add(".")
-    ctx.add_file_as(KEEP_FAILURE_MODULE, KEEP_FAILURE_MODULE.name)  # its `smkit keep-failure` block installs it
+    for module in IN_IMAGE_MODULES:  # its `smkit keep-failure` block installs them
+        ctx.add_file_as(module, module.name)
     outcome = builder.build(ctx, dockerfile="Dockerfile", tag="smkit-test/tiny-xgboost:latest",
                             buildargs={"BASE_IMAGE": standin_xgboost}, title="tiny")
     return outcome.image_id

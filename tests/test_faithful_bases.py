@@ -9,8 +9,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 import tarfile
+import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +22,10 @@ import pytest
 from local_mode import Channel, JobSpec, run_local
 from smkit import builder, engine, standin
 from smkit.context import BuildContext
-from smkit.paths import KEEP_FAILURE_MODULE, REPO
+from smkit.paths import IN_IMAGE_MODULES, REPO
 
 pytestmark = pytest.mark.docker
+REAL_BASES = tomllib.loads((REPO / "containers" / "standin" / "real_bases.toml").read_text())
 XGB_BAD_ROUND = ("Hyperparameter num_round='abc' is invalid (expected an integer); "
                  "use an integer of at least 1.")
 
@@ -65,8 +69,17 @@ def test_bad_hyperparameter_reason_survives_the_legacy_toolkit(xgboost_image, ti
 KEEP_FAILURE_BLOCK = re.compile(r"^# >>> smkit keep-failure.*?^# <<< smkit keep-failure\n", re.S | re.M)
 OWN_REASON = "Own reason from the script: fix the input."
 PROBE_SCRIPT = f'''\
-import os, sys
+import os, signal, sys, time
 mode = sys.argv[sys.argv.index("--mode") + 1] if "--mode" in sys.argv else "ok"
+if mode == "stop":  # saves on SageMaker's stop, as a checkpointing script would
+    def save_and_exit(signum, frame):
+        with open(os.path.join(os.environ["SM_MODEL_DIR"], "model.txt"), "w") as handle:
+            handle.write("saved on SIGTERM")
+        sys.exit(0)
+    signal.signal(signal.SIGTERM, save_and_exit)
+    print("probe: training", flush=True)
+    time.sleep(120)
+    sys.exit(4)
 if mode == "reason":
     with open("/opt/ml/output/failure", "w") as handle:
         handle.write("{OWN_REASON}\\n")
@@ -98,7 +111,8 @@ def probe_image(base: str, tag: str, keep_failure: bool) -> str:
     """A user script we did not write (probe.py), baked onto `base` like any derived image."""
     ctx = BuildContext(REPO)
     ctx.add_bytes("probe.py", PROBE_SCRIPT.encode())
-    ctx.add_file_as(KEEP_FAILURE_MODULE, KEEP_FAILURE_MODULE.name)
+    for module in IN_IMAGE_MODULES:
+        ctx.add_file_as(module, module.name)
     ctx.add_bytes("Dockerfile", (
         "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\n" + (keep_failure_lines() if keep_failure else "")
         + "ENV SAGEMAKER_PROGRAM=probe.py\nCOPY probe.py /opt/ml/code/probe.py\nCMD [\"train\"]\n").encode())
@@ -140,6 +154,7 @@ def probes(standin_xgboost, standin_pytorch) -> dict[str, str]:
         "legacy": probe_image(standin_xgboost, "smkit-test/keep-failure-legacy:latest", keep_failure=True),
         "legacy-bare": probe_image(standin_xgboost, "smkit-test/keep-failure-legacy-bare:latest", keep_failure=False),
         "training": probe_image(standin_pytorch, "smkit-test/keep-failure-training:latest", keep_failure=True),
+        "training-bare": probe_image(standin_pytorch, "smkit-test/keep-failure-training-bare:latest", keep_failure=False),
     }
 
 
@@ -168,6 +183,46 @@ def test_keep_failure_keeps_the_scripts_reason_and_nothing_else(probes, tmp_path
     code, failure, log, model = run_probe(image, "ok", tmp_path / "ok")
     assert code == 0 and failure is None, log[-2000:]
     assert model == "ok"
+
+
+def pid1_of(container) -> str:
+    return container.exec_run(["cat", "/proc/1/cmdline"]).output.replace(b"\0", b" ").decode().strip()
+
+
+@pytest.mark.parametrize("probe, pid1, reaches", [
+    ("legacy-bare", "/miniconda3/bin/python3 /miniconda3/bin/train", False),  # the toolkit's train, no handler
+    ("training-bare", "bash -m start_with_right_hostname.sh train", False),  # the DLC's bash, train its child
+    ("legacy", "/miniconda3/bin/python3 /miniconda3/bin/train", True),  # train passes it on
+    ("training", "-m smkit_init bash -m start_with_right_hostname.sh train", True),  # the same line, under smkit_init
+])
+def test_sagemakers_stop_reaches_the_script(probes, tmp_path, probe, pid1, reaches):
+    """SIGTERM to the container (StopTrainingJob, a spot interruption, `docker stop`). On both real bases as
+    they are (the stand-ins keep the same PID 1: `pid1` in real_bases.toml) the signal is dropped; with the keep-failure lines of the
+    template the script's handler runs and its save lands in the model."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "x.csv").write_text("1,2\n")
+    job = start_job(probes[probe], tmp_path / "job", {"train": tmp_path / "data"}, {"mode": "stop"})
+    try:
+        deadline = time.monotonic() + 120
+        while "probe: training" not in job.logs() and time.monotonic() < deadline and not job.exit_codes:
+            time.sleep(0.2)
+        assert "probe: training" in job.logs(), job.logs()[-2000:]
+        container = job.containers[job.hosts[0]]
+        assert pid1_of(container).endswith(pid1), pid1_of(container)
+        if probe.endswith("-bare"):
+            real = REAL_BASES["xgboost" if probe.startswith("legacy") else "pytorch"]["pid1"]
+            assert os.path.basename(pid1_of(container).split()[-1 if real == "train" else 0]) == real
+        container.kill(signal="SIGTERM")
+        code = job.wait(timeout=20 if reaches else 4)
+        if reaches:
+            assert code == 0, job.logs()[-2000:]
+            assert (job.model_dir / "model.txt").read_text() == "saved on SIGTERM"
+        else:
+            assert code is None, job.logs()[-2000:]  # still running: SageMaker would SIGKILL it after 120 s
+            job.stop(grace=0)
+            assert not (job.model_dir / "model.txt").exists()
+    finally:
+        job.cleanup()
 
 
 def test_keep_failure_records_the_first_base_module_when_an_image_is_itself_a_base(probes):

@@ -52,6 +52,17 @@ def tutorial(standin_xgboost) -> str:
 
 
 @pytest.fixture(scope="module")
+def tutorial_from_init(standin_xgboost, tmp_path_factory) -> str:
+    """The same tutorial script as a user brings it: `init tut --from train.py`, then `build` (the template)."""
+    from tests.projects import built_refs, copy_project, run_build_py
+
+    project = copy_project(tmp_path_factory.mktemp("tutorial-project"))
+    run_build_py(project, "init", "tut", "--framework", "xgboost", "--from", str(FIXTURES / "tutorial" / "train.py"))
+    run_build_py(project, "build", "--base", "local", "--image", "tut")
+    return built_refs(project)["tut"]
+
+
+@pytest.fixture(scope="module")
 def byoc(standin_xgboost):
     """The bring-your-own-container fixture, built on demand per DEFECT (none: honours every rule)."""
     built = {}
@@ -399,12 +410,18 @@ def test_check_names_what_a_broken_image_breaks(byoc, tmp_path, defect, failed):
     assert "fix:" in done.stdout
 
 
-def test_check_tutorial_and_reference_images(tutorial, reference_images, tmp_path):
-    """A plain tutorial script and both reference images pass every check but `sigterm`: the SageMaker
-    toolkit's `train` is PID 1 and neither handles SIGTERM nor forwards it (sagemaker-training-toolkit#125),
-    which the check reports with its fix."""
+def test_check_tutorial_and_reference_images(tutorial, tutorial_from_init, reference_images, tmp_path):
+    """A plain tutorial script made into an image by `init --from` + `build`, and both reference images, pass
+    every check, `sigterm` included: the template's keep-failure lines pass SageMaker's stop on (from `train`
+    as PID 1 on XGBoost; from smkit_init in front of the PyTorch DLC's ENTRYPOINT bash). The same script in a
+    hand-written Dockerfile without those lines fails `sigterm` only: the toolkit's `train` is PID 1 and drops
+    it (sagemaker-training-toolkit#125), and the fix names the template's block."""
+    by_hand = run_check(tutorial)
+    results = outcome(by_hand)
+    assert {k for k, v in results.items() if v != "PASS"} == {"sigterm"} and by_hand.returncode == 1, by_hand.stdout
+    assert "sagemaker-training-toolkit#125" in by_hand.stdout and "smkit keep-failure" in by_hand.stdout
     sample = {name: json.loads((SAMPLE / name / "job.json").read_text()) for name in ("xgboost", "pytorch")}
-    cases = [(tutorial, [])]
+    cases = [(tutorial_from_init, [], "train")]
     for name, ref in reference_images.items():
         args = [f"--channel=train={SAMPLE / name / 'train'}", f"--channel=validation={SAMPLE / name / 'validation'}"]
         hyperparameters = {**sample[name]["hyperparameters"], **({"epochs": 4} if name == "pytorch" else {})}  # short
@@ -412,13 +429,12 @@ def test_check_tutorial_and_reference_images(tutorial, reference_images, tmp_pat
             args.append(f"--hp={key}={json.dumps(value) if not isinstance(value, str) else value}")
         for channel, content_type in sample[name].get("content_types", {}).items():
             args.append(f"--content-type={channel}={content_type}")
-        cases.append((ref, args))
-    for image, args in cases:
+        cases.append((ref, args, "smkit_init bash -m start_with_right_hostname.sh train" if name == "pytorch" else "train"))
+    for image, args, pid1 in cases:
         done = run_check(image, *args)
         results = outcome(done)
-        assert {k for k, v in results.items() if v != "PASS"} == {"sigterm"}, (image, done.stdout)
-        assert results["sigterm"] == "FAIL" and done.returncode == 1
-        assert "sagemaker-training-toolkit#125" in done.stdout and "tini" in done.stdout
+        assert done.returncode == 0 and set(results.values()) == {"PASS"}, (image, done.stdout)
+        assert re.search(rf"PID 1 \([^)]*{re.escape(pid1)}\) handles SIGTERM", done.stdout), done.stdout
 
 
 @pytest.fixture(scope="module")

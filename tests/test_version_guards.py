@@ -28,7 +28,7 @@ from smkit.paths import REPO
 
 REAL_BASES = tomllib.loads((REPO / "containers" / "standin" / "real_bases.toml").read_text())
 OLDEST_PYTHON = "3.10"  # sagemaker-xgboost:3.0-5 (the PyTorch DLC runs 3.12)
-IN_IMAGE_CODE = [REPO / "train_scripts", REPO / "containers" / "smkit_keep_failure.py"]
+IN_IMAGE_CODE = [REPO / "train_scripts", REPO / "containers" / "smkit_keep_failure.py", REPO / "containers" / "smkit_init.py"]
 VERMIN = Path(sys.executable).parent / "vermin"
 
 
