@@ -111,7 +111,7 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
 def plain_docker_build(ctx: Context, repeat: int) -> float:
     """The floor of a rebuild: `docker build` of the same Dockerfile and context, nothing else."""
     from smkit.context import build_ca_bundle
-    from smkit.paths import KEEP_FAILURE_MODULE, TEMPLATE
+    from smkit.paths import IN_IMAGE_MODULES, TEMPLATE
     from smkit.standin import STANDINS
 
     # The context build.py assembles for the template (scripts at code/, requirements.txt), laid out by hand.
@@ -122,7 +122,8 @@ def plain_docker_build(ctx: Context, repeat: int) -> float:
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     shutil.copy(ctx.project.root / "containers" / "xgboost" / "requirements.txt", root / "requirements.txt")
     (root / "build-ca.crt").write_bytes(build_ca_bundle())
-    shutil.copy(KEEP_FAILURE_MODULE, root / KEEP_FAILURE_MODULE.name)
+    for module in IN_IMAGE_MODULES:  # what the template's keep-failure lines install
+        shutil.copy(module, root / module.name)
     tag = f"smkit-bench-floor:{ctx.project.run_id}-{repeat}"
     run_ = run_measured(["docker", "build", "-q", "--network", "host", "-f", str(TEMPLATE),
                          "--build-arg", f"BASE_IMAGE={STANDINS['xgboost']}", "--build-arg", "PROGRAM=train.py",
