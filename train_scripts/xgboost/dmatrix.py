@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import tempfile
@@ -415,6 +416,10 @@ def build_dmatrices(data: Data, params: dict, hp: dict, cache: str | None) -> tu
         data.rows[channel] = matrix.num_row()
     if data.memory is not None:
         data.memory = None  # XGBoost holds its own compact copy now
+    # The batches are gone, but pyarrow's allocator keeps their pages for reuse: hand them back, so the
+    # rounds (and, under a memory limit, the page cache of external memory's pages) get that room.
+    gc.collect()
+    pa.default_memory_pool().release_unused()
     sm.log(f"Data ready in {time.time() - t0:.1f}s: " + ", ".join(
         f"{ch} {data.rows[ch]:,} rows" for ch in data.rows) + f" x {data.num_features} features on this host")
     return matrices[0], matrices[1]  # type: ignore[return-value]
