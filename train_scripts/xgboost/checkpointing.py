@@ -5,6 +5,9 @@ across a resume. SageMaker syncs the checkpoint directory to S3 and restores it 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import sm_contract as sm
@@ -15,6 +18,8 @@ from params import xgboost_message
 if TYPE_CHECKING:
     from hosts import Cluster
 
+LOAD_PROBE = ("import sys, xgboost\ntry:\n    xgboost.Booster(model_file=sys.argv[1])\n"
+              "except xgboost.core.XGBoostError as exc:\n    sys.exit(str(exc))")
 # Parameters of the machine, not of the model: a resume with other values is not "changed parameters".
 RUNTIME_PARAMS = ("nthread", "device", "verbosity", "validate_parameters")
 
@@ -49,6 +54,18 @@ def new_or_resumed_booster(params: dict, dtrain: xgb.DMatrix, dvalid: xgb.DMatri
     return booster, step
 
 
+def load_problem(path: Path) -> str | None:
+    """None when XGBoost loads the checkpoint, else why not. Tried in a child process: XGBoost 3.0's UBJSON
+    reader crashes the process (SIGSEGV) on some cut-off files instead of raising, and a spot restart must
+    survive a damaged checkpoint. UBJSON parsed by XGBoost: never unpickled."""
+    probe = subprocess.run([sys.executable, "-c", LOAD_PROBE, str(path)], capture_output=True, text=True)
+    if probe.returncode == 0:
+        return None
+    if probe.returncode < 0:
+        return f"XGBoost's reader crashed on it, signal {-probe.returncode}"
+    return xgboost_message(probe.stderr) if probe.stderr.strip() else f"exit {probe.returncode}"
+
+
 def newest_loadable_checkpoint(checkpoints: sm.Checkpoints) -> tuple[int, bytes] | None:
     """The newest checkpoint that XGBoost loads, as (rounds, bytes). A damaged one (cut off while it was
     copied, a full disk) is skipped with a warning and the one before it is used, as a spot restart must
@@ -57,11 +74,12 @@ def newest_loadable_checkpoint(checkpoints: sm.Checkpoints) -> tuple[int, bytes]
     for step, path in reversed(saved):
         try:
             raw = path.read_bytes()
-            xgb.Booster(model_file=bytearray(raw))  # UBJSON parsed by XGBoost: never unpickled
+            reason = load_problem(path)
+        except OSError as exc:
+            reason = str(exc)
+        if reason is None:
             return step, raw
-        except (OSError, xgb.core.XGBoostError) as exc:
-            reason = xgboost_message(exc) if isinstance(exc, xgb.core.XGBoostError) else str(exc)
-            sm.log(f"Warning: checkpoint {path.name} cannot be loaded ({reason}); trying an older one.")
+        sm.log(f"Warning: checkpoint {path.name} cannot be loaded ({reason}); trying an older one.")
     if saved:
         sm.log(f"Warning: no checkpoint in {checkpoints.directory} can be loaded; starting at round 0.")
     return None
