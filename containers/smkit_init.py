@@ -26,7 +26,6 @@ Python 3.8+ standard library only: it runs inside whatever Python the base image
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -58,12 +57,11 @@ def _cmdline(pid: str) -> list[str]:
 
 def train_processes() -> list[int]:
     """PIDs of the toolkit's `train` (an interpreter running the `train` console script)."""
-    train = shutil.which("train")
     found = []
     for name in os.listdir("/proc"):
         if name.isdigit() and int(name) != os.getpid():
             argv = _cmdline(name)
-            if len(argv) > 1 and (argv[1] == train or os.path.basename(argv[1]) == "train"):
+            if len(argv) > 1 and os.path.basename(argv[1]) == "train":
                 found.append(int(name))
     return found
 

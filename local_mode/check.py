@@ -407,8 +407,7 @@ class ImageCheck:
             seen = f"PID 1 ({pid1}) {why}: on a stop SageMaker kills the job after 120 s, the script never told"
         else:
             seen = f"PID 1 ({pid1}) was still running {self.grace:.0f} s after SIGTERM (killed then)"
-        shell = re.match(r"(ba|da)?sh\b", pid1 or "")
-        if shell and "start_with_right_hostname" in (pid1 or ""):
+        if re.match(r"(ba|da)?sh\b.*start_with_right_hostname", pid1 or ""):
             fix = ("PID 1 is the PyTorch DLC's ENTRYPOINT bash (start_with_right_hostname.sh), which runs `train` as its "
                    "child and drops SIGTERM: put an init that forwards the signal in front of it in an own Dockerfile, "
                    "e.g. ENTRYPOINT [\"tini\", \"-g\", \"--\", \"bash\", \"-m\", \"start_with_right_hostname.sh\"] "

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import sm_contract as sm
@@ -18,7 +17,7 @@ from params import xgboost_message
 if TYPE_CHECKING:
     from hosts import Cluster
 
-LOAD_PROBE = ("import sys, xgboost\ntry:\n    xgboost.Booster(model_file=sys.argv[1])\n"
+LOAD_PROBE = ("import sys, xgboost\ntry:\n    xgboost.Booster(model_file=bytearray(sys.stdin.buffer.read()))\n"
               "except xgboost.core.XGBoostError as exc:\n    sys.exit(str(exc))")
 # Parameters of the machine, not of the model: a resume with other values is not "changed parameters".
 RUNTIME_PARAMS = ("nthread", "device", "verbosity", "validate_parameters")
@@ -54,16 +53,17 @@ def new_or_resumed_booster(params: dict, dtrain: xgb.DMatrix, dvalid: xgb.DMatri
     return booster, step
 
 
-def load_problem(path: Path) -> str | None:
-    """None when XGBoost loads the checkpoint, else why not. Tried in a child process: XGBoost 3.0's UBJSON
+def load_problem(raw: bytes) -> str | None:
+    """None when XGBoost loads these checkpoint bytes, else why not. Tried in a child process: XGBoost 3.0's UBJSON
     reader crashes the process (SIGSEGV) on some cut-off files instead of raising, and a spot restart must
     survive a damaged checkpoint. UBJSON parsed by XGBoost: never unpickled."""
-    probe = subprocess.run([sys.executable, "-c", LOAD_PROBE, str(path)], capture_output=True, text=True)
+    probe = subprocess.run([sys.executable, "-c", LOAD_PROBE], input=raw, capture_output=True)
     if probe.returncode == 0:
         return None
     if probe.returncode < 0:
         return f"XGBoost's reader crashed on it, signal {-probe.returncode}"
-    return xgboost_message(probe.stderr) if probe.stderr.strip() else f"exit {probe.returncode}"
+    error = probe.stderr.decode(errors="replace")
+    return xgboost_message(error) if error.strip() else f"exit {probe.returncode}"
 
 
 def newest_loadable_checkpoint(checkpoints: sm.Checkpoints) -> tuple[int, bytes] | None:
@@ -74,7 +74,7 @@ def newest_loadable_checkpoint(checkpoints: sm.Checkpoints) -> tuple[int, bytes]
     for step, path in reversed(saved):
         try:
             raw = path.read_bytes()
-            reason = load_problem(path)
+            reason = load_problem(raw)  # the very bytes returned, read once
         except OSError as exc:
             reason = str(exc)
         if reason is None:
