@@ -8,7 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from local_mode import backends, inside_cli, interrupt, summary
+from local_mode import backends, curves, inside_cli, interrupt, summary
 from local_mode.job import RUNS_DIR, JobSpec, parse_channels, resolve_image, sample_job
 from smkit import console, images_json
 from smkit.errors import ConfigError
@@ -168,20 +168,21 @@ def cmd_run(args) -> int:
 def run_and_report(job) -> int:
     """Run one job with SIGINT/SIGTERM/SIGHUP stopping it, print its summary; the exit code: 0 completed
     (or submitted without waiting), 1 failed, 128+N when signal N stopped it."""
-    try:
-        with interrupt.signals_interrupt():
-            result = job()
-    except (interrupt.Interrupted, KeyboardInterrupt) as exc:
+    with curves.drawing_deferred():  # the learning curves are drawn after the summary is printed
         try:
-            if getattr(exc, "result", None) is not None:
-                summary.show(exc.result)
-            else:
-                console.err.print(f"[red]{interrupt.reason(exc)}[/] before the job started")
-        except OSError:
-            pass  # SIGHUP: the terminal is gone; summary.json in the run directory has it all
-        return exc.exit_code if isinstance(exc, interrupt.Interrupted) else 130
-    summary.show(result)
-    return 0 if result.ok or result.status == "InProgress" else 1
+            with interrupt.signals_interrupt():
+                result = job()
+        except (interrupt.Interrupted, KeyboardInterrupt) as exc:
+            try:
+                if getattr(exc, "result", None) is not None:
+                    summary.show(exc.result)
+                else:
+                    console.err.print(f"[red]{interrupt.reason(exc)}[/] before the job started")
+            except OSError:
+                pass  # SIGHUP: the terminal is gone; summary.json in the run directory has it all
+            return exc.exit_code if isinstance(exc, interrupt.Interrupted) else 130
+        summary.show(result)
+        return 0 if result.ok or result.status == "InProgress" else 1
 
 
 def print_local_plan(spec: JobSpec, backend: str = "sdk") -> None:

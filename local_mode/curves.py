@@ -13,12 +13,19 @@ curves.png has one panel per metric family, the name after the channel (`loss` f
 validation:loss), with every channel's curve in it, so training and validation read side by side.
 Lines of another kind than the panel's main one (PyTorch's `[final 7]`) are single points; several hosts
 get one line style each.
+
+Drawing is the slow half (importing matplotlib and rendering: ~0.8 s, more than a whole job on the sample
+data), so the CLI and the watch put it after the summary: within `drawing_deferred()`, record() writes
+metrics.csv at once and the PNG only at draw_pending() or when the block ends. The summary names the PNG;
+it is there by the time the prompt returns.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,9 +43,45 @@ class Curves:
     families: list[str]  # the panels of the plot, in order
 
 
+_pending: list[tuple] | None = None  # plots put off by drawing_deferred(): (rows, families, path, title)
+_pending_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def drawing_deferred():
+    """Within the block, write_curves() draws no PNG; draw_pending() (or the block's end) draws them."""
+    global _pending
+    with _pending_lock:
+        outer, _pending = _pending, (_pending if _pending is not None else [])
+    try:
+        yield
+    finally:
+        if outer is None:
+            draw_pending()
+            with _pending_lock:
+                _pending = None
+
+
+def draw_pending() -> None:
+    """Draw the plots put off so far (a plot that cannot be drawn costs a warning)."""
+    from smkit import console
+
+    with _pending_lock:
+        if not _pending:
+            return
+        todo = list(_pending)
+        _pending.clear()
+    for rows, families, path, title in todo:
+        try:
+            _plot(rows, families, path, title)
+        except Exception as exc:  # noqa: BLE001 - matplotlib or the disk: the run itself is not at fault
+            console.warn(f"could not draw the learning curves {path}: {exc}")
+
+
 def write_curves(history: list[dict], run_dir: Path | str, title: str | None = None) -> Curves:
     """Write metrics.csv and curves.png into `run_dir` from `history`, the step lines
-    local_mode.artifacts.parse_metrics returns ({kind, step, host, metrics}). Returns their paths."""
+    local_mode.artifacts.parse_metrics returns ({kind, step, host, metrics}). Returns their paths
+    (inside drawing_deferred() the PNG comes later)."""
     run_dir = Path(run_dir)
     rows = [(str(line["step"]), line["kind"], line.get("host") or "", name, value)
             for line in history for name, value in line["metrics"].items()]
@@ -51,6 +94,10 @@ def write_curves(history: list[dict], run_dir: Path | str, title: str | None = N
         return Curves(csv=csv_path, png=None, families=[])
     families = _families(rows)
     png_path = run_dir / PNG_NAME
+    with _pending_lock:
+        if _pending is not None:
+            _pending.append((rows, families, png_path, title or run_dir.name))
+            return Curves(csv=csv_path, png=png_path, families=list(families))
     _plot(rows, families, png_path, title or run_dir.name)
     return Curves(csv=csv_path, png=png_path, families=list(families))
 

@@ -4,7 +4,8 @@ Each run is a direct run with the working tree's code mounted (local_mode/mounte
 a container start and the script, never a build. The loop:
 - run the job in a worker thread while the main thread polls the code (local_mode/changes.py);
 - a save while a run is still going stops that run (its containers, within seconds) and starts again;
-- after each run: its summary, then each metric against the last completed run (old -> new, delta);
+- after each run: its summary, then each metric against the last completed run (old -> new, delta),
+  then its learning curves (drawn after the numbers are on screen);
 - a failed run (a syntax error, an exception) shows its failure and the watch waits for the next save;
 - Ctrl-C (or SIGTERM/SIGHUP) stops the running job's containers and ends the watch.
 """
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from local_mode import compare, interrupt, summary
+from local_mode import compare, curves, interrupt, summary
 from local_mode.changes import POLL_SECONDS, CodeChanges
 from local_mode.job import RUNS_DIR, JobSpec
 from local_mode.mounted import MountedRun
@@ -116,7 +117,7 @@ def watch(spec: JobSpec, image_spec: ImageSpec, runs_dir: Path = RUNS_DIR, timeo
         fresh.job_name = f"{spec.job_name}-{number}" if spec.job_name else ""
         return MountedRun(fresh, image_spec, runs_dir, stream=stream, keep_work=keep_work, **options)
 
-    with interrupt.signals_interrupt():
+    with interrupt.signals_interrupt(), curves.drawing_deferred():
         try:
             while True:
                 number += 1
@@ -136,6 +137,7 @@ def watch(spec: JobSpec, image_spec: ImageSpec, runs_dir: Path = RUNS_DIR, timeo
                 if done.result is not None and done.result.ok:
                     previous = (number, dict(done.result.metrics))
                 if not restart:
+                    curves.draw_pending()  # after the metrics are on screen; a restart does not wait for it
                     console.out.print("watch: waiting for the next save (Ctrl-C ends)", highlight=False)
                     while not changes.poll():
                         time.sleep(POLL_SECONDS)

@@ -45,6 +45,9 @@ def session_region(explicit: str | None = None) -> str | None:
     for var in ("AWS_REGION", "AWS_DEFAULT_REGION"):
         if os.environ.get(var):
             return os.environ[var]
+    config = os.environ.get("AWS_CONFIG_FILE") or os.path.join(os.path.expanduser("~"), ".aws", "config")
+    if not os.path.exists(config):
+        return None  # nowhere else to find one; and importing boto3 costs every local run ~0.15 s
     import boto3
 
     return boto3.session.Session().region_name

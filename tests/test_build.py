@@ -75,6 +75,8 @@ def test_build_labels_layout_and_contract(project, docker_client, standin_xgboos
     assert image.attrs["Architecture"] == "amd64" and image.attrs["Os"] == "linux"
     assert config["Cmd"] == ["train"] and config["Entrypoint"] == base["Entrypoint"]
     assert "SAGEMAKER_PROGRAM=train.py" in config["Env"]
+    # The legacy toolkit's job-start `pip install` must not look up pypi.org (10 s on a network with no route out).
+    assert "PIP_DISABLE_PIP_VERSION_CHECK=1" in config["Env"]
     labels = config["Labels"]
     assert labels["org.opencontainers.image.base.name"] == standin_xgboost
     assert labels["org.opencontainers.image.base.digest"] == docker_client.images.get(standin_xgboost).id

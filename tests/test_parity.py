@@ -100,6 +100,12 @@ def known_differences(sdk_record: dict, direct_record: dict, sdk: str, hosts: in
     assert direct_record["interfaces"] == (["lo"] if hosts == 1 else ["eth0", "lo"])
     for record in (sdk_record, direct_record):
         del record["interfaces"]
+    # 6. A name outside the job never resolves in direct (no route out) and fails at once, or within 2 s on the
+    #    job's internal network (the engine's DNS leaves the resolver waiting 20 s there without dns_opt);
+    #    through the SDKs' network it goes to the host's resolver.
+    lookup = direct_record.pop("outside_lookup")
+    assert lookup["how"] == "failed" and lookup["seconds"] < 5, lookup
+    sdk_record.pop("outside_lookup")
 
 
 @pytest.mark.parametrize("sdk,hosts", [("v2", 1), ("v2", 2), ("v3", 1), ("v3", 2)])

@@ -120,3 +120,36 @@ def test_runs_lists_past_runs_newest_first(two_runs):
     assert len(json.loads(cli("runs", "--runs-dir", str(runs_dir), "--image", "xgboost", "--json").stdout)) == 2
     assert json.loads(cli("runs", "--runs-dir", str(runs_dir), "--image", "pytorch", "--json").stdout) == []
     assert [r["job_name"] for r in json.loads(cli("runs", "--runs-dir", str(runs_dir), "--last", "1", "--json").stdout)] == [newer.job_name]
+
+
+def test_the_cli_prints_the_summary_before_it_draws_the_curves(xgboost_image, tmp_path):
+    """The plot (matplotlib's import and rendering, ~0.8 s) comes after the result, yet is there when the CLI exits."""
+    proc = cli("run", "--backend", "direct", "--image", xgboost_image, "--quiet", "--runs-dir", str(tmp_path),
+               "--channel", f"train={SAMPLE / 'train'}", "--channel", f"validation={SAMPLE / 'validation'}",
+               "--content-type", "train=text/csv", "--content-type", "validation=text/csv",
+               "--hp", "objective=binary:logistic", "--hp", "eval_metric=auc", "--hp", "num_round=5")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    png = run_dir / "curves.png"
+    assert str(png) in proc.stdout and png.stat().st_size > 0
+    # Written after summary.json, which the job's end writes just before the summary is printed.
+    assert png.stat().st_mtime_ns >= (run_dir / "summary.json").stat().st_mtime_ns
+
+
+def test_deferred_curves_are_drawn_when_asked_or_at_the_end(tmp_path):
+    from local_mode import curves
+
+    history = [{"kind": "round", "step": i, "host": "algo-1", "metrics": {"train:auc": 0.5 + i / 10, "validation:auc": 0.4 + i / 10}}
+               for i in range(3)]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with curves.drawing_deferred():
+        first = curves.write_curves(history, tmp_path / "a")
+        assert first.csv.exists() and first.png == tmp_path / "a" / "curves.png" and not first.png.exists()
+        curves.draw_pending()
+        assert first.png.exists()
+        second = curves.write_curves(history, tmp_path / "b")
+        assert not second.png.exists()
+    assert second.png.exists()
+    third = curves.write_curves(history, tmp_path / "a", title="drawn at once")  # outside the block: at once
+    assert third.png.exists() and third.png.stat().st_mtime_ns >= first.png.stat().st_mtime_ns
