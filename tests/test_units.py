@@ -217,3 +217,26 @@ def test_images_toml_schema_errors(tmp_path, body, message):
     with pytest.raises(ConfigError) as raised:
         images_toml.load(write_toml(tmp_path, f"[images.x]\n{body}\n"))
     assert message in raised.value.what + raised.value.fix
+
+
+def test_the_region_comes_from_the_environment_then_the_aws_config_and_costs_no_boto3_without_one(tmp_path):
+    import subprocess
+    import sys
+
+    probe = ("import sys; from smkit import bases; "
+             "print(bases.session_region(), 'boto3' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    repo = Path(__file__).resolve().parent.parent
+
+    def region(**extra) -> str:
+        proc = subprocess.run([sys.executable, "-c", probe], cwd=repo, capture_output=True, text=True, timeout=60,
+                              env={**env, **extra})
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.strip()
+
+    # No variable and no config file: no region, and boto3 (~0.15 s of every local run) never imported.
+    assert region(AWS_CONFIG_FILE=str(tmp_path / "none"), HOME=str(tmp_path)) == "None False"
+    config = tmp_path / "config"
+    config.write_text("[default]\nregion = eu-west-3\n")
+    assert region(AWS_CONFIG_FILE=str(config)) == "eu-west-3 True"
+    assert region(AWS_CONFIG_FILE=str(config), AWS_DEFAULT_REGION="ap-south-1") == "ap-south-1 False"
