@@ -150,7 +150,8 @@ def _is_number(text: str) -> bool:
 
 
 class Job:
-    """What a mounted CLI run showed: when its status line arrived, its metrics, wall time and run directory."""
+    """What a `run --backend direct` CLI run showed: when its status line arrived, its metrics, its containers'
+    wall time and its run directory."""
 
     def __init__(self, seconds: float, rows: dict[str, str]):
         self.seconds = seconds
@@ -198,6 +199,10 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
     pt_job = json.loads((pt_sample / "job.json").read_text())
     pt_hps = dict(pt_job["hyperparameters"])
     pt_channels = [Channel(c, str(pt_sample / c), pt_job["content_types"][c]) for c in ("train", "validation")]
+    jobs = {"xgboost": (sample, channels, hps), "pytorch": (pt_sample, pt_channels, pt_hps)}  # data, channels, hps
+
+    def image_of(variant: str) -> str:
+        return "pytorch" if variant.startswith("pt") else "xgboost"
     variants = cfg.pick(VARIANTS, VARIANTS, ["bare", "noop", "mount1"])
     project = ctx.project
     image = ctx.image("xgboost")  # built once per suite (not timed)
@@ -223,7 +228,8 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
         return JobSpec(image=ref, image_name="xgboost", channels=list(channels), hyperparameters=dict(hps),
                        instance_count=count, sdk=sdk, region="us-east-1")
 
-    def bare(name: str, data: Path, flags: dict) -> tuple[float, dict]:
+    def bare(name: str) -> tuple[float, dict]:
+        data, _, flags = jobs[name]
         run_ = run_measured([HOST_PYTHON, project.script(name), "--train", data / "train", "--validation", data / "validation",
                              "--model-dir", out / "model", "--output-data-dir", out / "data", *_flags(flags)], timeout=600)
         run_.check(f"the {name} script as plain Python")
@@ -247,26 +253,22 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
             for variant in variants[shift:] + variants[:shift]:  # interleaved, the order rotating
                 ctx.probe.sample()
                 result = job = None
-                if variant == "bare":
-                    seconds, metrics[variant] = bare("xgboost", sample, hps)
-                elif variant == "pt_bare":
-                    seconds, metrics[variant] = bare("pytorch", pt_sample, pt_hps)
+                if variant in BARE.values():
+                    seconds, metrics[variant] = bare(image_of(variant))
                 elif variant == "watch":
                     edits += 1
                     seconds, metrics[variant] = watch.edit_to_result(f"{project.run_id}-watch-{edits}")
                 elif variant in ("noop", "pt_noop"):
-                    name = "pytorch" if variant.startswith("pt") else "xgboost"
-                    job = direct_cli(project.root, name, pt_channels if name == "pytorch" else channels,
-                                      pt_hps if name == "pytorch" else hps, runs, program=NOOP)
+                    name = image_of(variant)
+                    job = direct_cli(project.root, name, *jobs[name][1:], runs, program=NOOP)
                     seconds = job.seconds
                 elif variant.startswith("mount") or variant == "pt_mount1":
-                    name = "pytorch" if variant.startswith("pt") else "xgboost"
+                    name = image_of(variant)
                     edits += 1
                     started = time.monotonic()
                     _edit(project.script(name), f"{project.run_id}-mount-{edits}")
                     editing = time.monotonic() - started
-                    job = direct_cli(project.root, name, pt_channels if name == "pytorch" else channels,
-                                      pt_hps if name == "pytorch" else hps, runs, count=int(variant[-1]))
+                    job = direct_cli(project.root, name, *jobs[name][1:], runs, count=int(variant[-1]))
                     seconds = editing + job.seconds
                 elif variant == "direct1":  # the rebuilt image (build/images.json of the scratch project)
                     job = direct_cli(project.root, "xgboost", channels, hps, runs, mount=False)
@@ -305,7 +307,7 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
     for variant in variants:
         if variant in BARE.values():
             continue
-        limit = times[BARE["pytorch" if variant.startswith("pt") else "xgboost"]]
+        limit = times[BARE[image_of(variant)]]
         loops = loop(variant)
         summary[variant] = {
             "job": stats(times[variant]),
@@ -322,7 +324,7 @@ def run(cfg: Config, ctx: Context) -> dict[str, Any]:
     for variant, m in metrics.items():
         if variant in BARE.values() or variant in ("mount2", "noop", "pt_noop"):
             continue
-        same[variant] = validation(m) == validation(metrics[BARE["pytorch" if variant.startswith("pt") else "xgboost"]])
+        same[variant] = validation(m) == validation(metrics[BARE[image_of(variant)]])
     return {
         "image_repository": "smkit-xgboost",
         "data": "local_mode/sample_data/xgboost (455 train / 114 validation rows)",

@@ -52,11 +52,13 @@ def drawing_deferred():
     """Within the block, write_curves() draws no PNG; draw_pending() (or the block's end) draws them."""
     global _pending
     with _pending_lock:
-        outer, _pending = _pending, (_pending if _pending is not None else [])
+        outermost = _pending is None  # a nested block leaves the drawing to the outermost one
+        if outermost:
+            _pending = []
     try:
         yield
     finally:
-        if outer is None:
+        if outermost:
             draw_pending()
             with _pending_lock:
                 _pending = None
@@ -95,10 +97,11 @@ def write_curves(history: list[dict], run_dir: Path | str, title: str | None = N
     families = _families(rows)
     png_path = run_dir / PNG_NAME
     with _pending_lock:
-        if _pending is not None:
+        deferred = _pending is not None
+        if deferred:
             _pending.append((rows, families, png_path, title or run_dir.name))
-            return Curves(csv=csv_path, png=png_path, families=list(families))
-    _plot(rows, families, png_path, title or run_dir.name)
+    if not deferred:
+        _plot(rows, families, png_path, title or run_dir.name)
     return Curves(csv=csv_path, png=png_path, families=list(families))
 
 

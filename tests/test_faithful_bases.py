@@ -208,10 +208,11 @@ def test_sagemakers_stop_reaches_the_script(probes, tmp_path, probe, pid1, reach
             time.sleep(0.2)
         assert "probe: training" in job.logs(), job.logs()[-2000:]
         container = job.containers[job.hosts[0]]
-        assert pid1_of(container).endswith(pid1), pid1_of(container)
+        seen = pid1_of(container)
+        assert seen.endswith(pid1), seen
         if probe.endswith("-bare"):
             real = REAL_BASES["xgboost" if probe.startswith("legacy") else "pytorch"]["pid1"]
-            assert os.path.basename(pid1_of(container).split()[-1 if real == "train" else 0]) == real
+            assert os.path.basename(seen.split()[-1 if real == "train" else 0]) == real
         container.kill(signal="SIGTERM")
         code = job.wait(timeout=20 if reaches else 4)
         if reaches:

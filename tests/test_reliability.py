@@ -362,8 +362,9 @@ def test_documented_matrix_is_current(tmp_path):
 
 CHECKPOINT_NAMES = {"xgboost": "xgboost-checkpoint-{:08d}.ubj", "pytorch": "checkpoint-{:08d}.pt"}
 CHECKPOINT_EVERY = {"xgboost": 50, "pytorch": 1}
-# Long enough that the kill lands midway, even on a fast machine: SIGTERM, then SIGKILL 2 s later
-# (the script gets SIGTERM through the image's keep-failure lines and exits non-zero at once; the kill is the fallback). Bit-identical resume needs fixed seeds and one thread.
+# Long enough that the kill lands midway, even on a fast machine: SIGTERM, then SIGKILL 2 s later (the script
+# gets SIGTERM through the image's keep-failure lines and exits non-zero at once; the kill is the fallback).
+# Bit-identical resume needs fixed seeds and one thread.
 SPOT_HYPERPARAMETERS = {
     "xgboost": {"objective": "binary:logistic", "num_round": 1500, "max_depth": 6, "eta": 0.05, "subsample": 0.8,
                 "colsample_bynode": 0.8, "seed": 7, "nthread": 1, "checkpoint_frequency": CHECKPOINT_EVERY["xgboost"]},
